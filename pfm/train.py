@@ -1,0 +1,110 @@
+"""pfm-train: the Hydra entry point. Composes a run from conf/ and trains it with Lightning.
+
+Hydra lives here only; everything below receives plain, built objects. Shapes that come from the data
+(channels, crop size) are passed from the DataModule's ``spec`` into the model, never written in YAML.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_method, instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from pfm.callbacks import LossCurvePlot, ReconstructionPlot, ThroughputMonitor
+
+__all__ = ["CONF_DIR", "build_model", "main", "run"]
+
+log = logging.getLogger("pfm.train")
+
+CONF_DIR = Path(os.environ.get("PFM_CONFIG_DIR", Path(__file__).resolve().parents[1] / "conf"))
+
+
+def _accepted(target: Any, available: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``available`` that ``target``'s signature accepts by name."""
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(available)
+    return {k: v for k, v in available.items() if k in params}
+
+
+def build_model(model_cfg: DictConfig, spec: Mapping[str, Any]) -> Any:
+    """Instantiate ``model_cfg`` with the data-derived shapes in ``spec`` that its constructor accepts."""
+    target = get_method(model_cfg._target_)
+    model = instantiate(model_cfg, **_accepted(target, spec))
+    crop = spec.get("crop_size")
+    factor = getattr(model, "downsample_factor", 1)
+    if crop is not None and crop % factor:
+        raise ValueError(
+            f"data.crop={crop} is not divisible by the model's downsampling factor {factor}; "
+            f"choose a multiple of {factor}, e.g. data.crop={max(factor, crop // factor * factor)}."
+        )
+    return model
+
+
+def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
+    """Build data, model, head, task and trainer from ``cfg`` and fit; returns the finished trainer."""
+    output_dir = Path(output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg.model, datamodule.spec)
+    if cfg.get("head") and cfg.head.get("_target_"):
+        head = instantiate(cfg.head, _partial_=True)
+        model = head(model, **_accepted(head.func, datamodule.spec))
+    task_extras = {"pde_names": getattr(datamodule, "pde_names", [])}
+    task = instantiate(cfg.task, model=model, **_accepted(get_method(cfg.task._target_), task_extras))
+
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(
+            dirpath=output_dir / "checkpoints",
+            filename="step{step:07d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=cfg.checkpoint_every_n_steps,
+            save_top_k=-1,
+            save_last=True,
+        ),
+        ThroughputMonitor(),
+    ]
+    if cfg.plots:
+        callbacks += [LossCurvePlot(output_dir), ReconstructionPlot(output_dir)]
+    strategy_kwargs = OmegaConf.to_container(cfg.strategy, resolve=True) if cfg.get("strategy") else {}
+    trainer = instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=str(output_dir),
+        **strategy_kwargs,
+    )
+    num_params = sum(p.numel() for p in task.parameters())
+    num_trainable = sum(p.numel() for p in task.parameters() if p.requires_grad)
+    log.info("Model: %s parameters, %s trainable", f"{num_params:,}", f"{num_trainable:,}")
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if trainer.is_global_zero:
+        log.info("Run folder: %s", output_dir)
+        log.info("  checkpoints: %s", output_dir / "checkpoints")
+        log.info("  metrics:     %s", output_dir / "csv" / "metrics.csv")
+        if cfg.plots:
+            log.info(
+                "  pictures:    %s, %s", output_dir / "reconstruction.png", output_dir / "loss_curve.png"
+            )
+    return trainer
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> None:
+    """Console entry point ``pfm-train``; any ``key=value`` Hydra override applies."""
+    run(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
