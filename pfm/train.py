@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pfm.callbacks import LossCurvePlot, ReconstructionPlot, ThroughputMonitor
 
-__all__ = ["CONF_DIR", "build_model", "main", "run"]
+__all__ = ["CONF_DIR", "build_model", "build_task", "main", "run"]
 
 log = logging.getLogger("pfm.train")
 
@@ -51,10 +51,8 @@ def build_model(model_cfg: DictConfig, spec: Mapping[str, Any]) -> Any:
     return model
 
 
-def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
-    """Build data, model, head, task and trainer from ``cfg`` and fit; returns the finished trainer."""
-    output_dir = Path(output_dir)
-    L.seed_everything(cfg.seed, workers=True)
+def build_task(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """Build the DataModule and the task (model, optional head, objective) described by ``cfg``."""
     datamodule = instantiate(cfg.data)
     model = build_model(cfg.model, datamodule.spec)
     if cfg.get("head") and cfg.head.get("_target_"):
@@ -62,6 +60,14 @@ def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
         model = head(model, **_accepted(head.func, datamodule.spec))
     task_extras = {"pde_names": getattr(datamodule, "pde_names", [])}
     task = instantiate(cfg.task, model=model, **_accepted(get_method(cfg.task._target_), task_extras))
+    return datamodule, task
+
+
+def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
+    """Build data, model, head, task and trainer from ``cfg`` and fit; returns the finished trainer."""
+    output_dir = Path(output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, task = build_task(cfg)
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks: list[L.Callback] = [
