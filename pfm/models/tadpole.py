@@ -87,6 +87,12 @@ def _get_config(size: str) -> TadpoleConfig:
     return TADPOLE_CONFIGS[size]
 
 
+def _neighbour_multiples(size: int) -> tuple[int, int]:
+    """The positive multiples of 16 just below (at least 16) and just above `size`."""
+    lower = max(DOWNSAMPLE_FACTOR, size // DOWNSAMPLE_FACTOR * DOWNSAMPLE_FACTOR)
+    return lower, max(lower + DOWNSAMPLE_FACTOR, -(-size // DOWNSAMPLE_FACTOR) * DOWNSAMPLE_FACTOR)
+
+
 def _init_linear(module: nn.Module) -> None:
     """Xavier-uniform Linear weights and zero biases, the official transformer initialisation."""
     if isinstance(module, nn.Linear):
@@ -320,10 +326,11 @@ class TadpoleAutoencoder(nn.Module):
         super().__init__()
         config = _get_config(size)
         if crop_size is not None and (crop_size <= 0 or crop_size % DOWNSAMPLE_FACTOR):
-            good = max(DOWNSAMPLE_FACTOR, round(crop_size / DOWNSAMPLE_FACTOR) * DOWNSAMPLE_FACTOR)
+            lower, upper = _neighbour_multiples(crop_size)
             raise ValueError(
                 f"crop_size={crop_size} is not a positive multiple of {DOWNSAMPLE_FACTOR} (the Tadpole "
-                f"downsampling factor); use e.g. crop_size={good}, or crop_size=None to encode whole fields."
+                f"downsampling factor); use e.g. crop_size={lower} or {upper}, or crop_size=None to encode "
+                "whole fields."
             )
         if latent not in ("mode", "sample"):
             raise ValueError(f"latent={latent!r} is not supported; expected 'mode' or 'sample'.")
@@ -357,11 +364,11 @@ class TadpoleAutoencoder(nn.Module):
         shape = []
         for axis, size in zip(_AXES, spatial, strict=True):
             if factor == 1 and size % DOWNSAMPLE_FACTOR:
-                good = max(DOWNSAMPLE_FACTOR, size // DOWNSAMPLE_FACTOR * DOWNSAMPLE_FACTOR)
+                lower, upper = _neighbour_multiples(size)
                 raise ValueError(
                     f"spatial size {size} along {axis} is not a multiple of {DOWNSAMPLE_FACTOR} (the Tadpole "
                     f"downsampling factor); crop or pad the field to a multiple of {DOWNSAMPLE_FACTOR}, "
-                    f"e.g. {good}."
+                    f"e.g. {lower} (crop) or {upper} (pad)."
                 )
             if crop is not None and size > crop and size % crop:
                 raise ValueError(
