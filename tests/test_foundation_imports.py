@@ -1,0 +1,76 @@
+"""The two import packages import cleanly and keep their boundaries (DESIGN.md: layout and boundaries)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _modules(package: str) -> list[str]:
+    pkg = importlib.import_module(package)
+    return [package] + [m.name for m in pkgutil.walk_packages(pkg.__path__, prefix=f"{package}.")]
+
+
+@pytest.mark.parametrize("name", _modules("datagen") + _modules("pfm"))
+def test_every_module_imports(name: str) -> None:
+    importlib.import_module(name)
+
+
+def _imported_roots(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def _imports_under(folder: Path) -> dict[Path, set[str]]:
+    return {p: _imported_roots(p) for p in folder.rglob("*.py")}
+
+
+def test_datagen_never_imports_pfm() -> None:
+    offenders = [str(p) for p, roots in _imports_under(REPO / "datagen").items() if "pfm" in roots]
+    assert not offenders, f"datagen must not import pfm: {offenders}"
+
+
+def test_models_are_plain_modules() -> None:
+    forbidden = {"lightning", "pytorch_lightning", "hydra", "omegaconf", "datagen", "wandb"}
+    offenders = {
+        str(p): sorted(roots & forbidden)
+        for p, roots in _imports_under(REPO / "pfm" / "models").items()
+        if roots & forbidden
+    }
+    assert not offenders, f"pfm.models must not import training, config or data code: {offenders}"
+    distributed = [p for p in (REPO / "pfm" / "models").rglob("*.py") if "torch.distributed" in p.read_text()]
+    assert not distributed, f"Sharding is applied from pfm/distributed, not inside models: {distributed}"
+
+
+def _hydra_composition_imports(path: Path) -> list[str]:
+    """Hydra imports other than ``hydra.utils`` (instantiate is plain construction, not composition)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] == "hydra"]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "hydra":
+            if node.module != "hydra.utils":
+                found.append(node.module)
+    return found
+
+
+def test_hydra_only_at_entry_points() -> None:
+    allowed = {REPO / "pfm" / "train.py", REPO / "pfm" / "cli.py"}
+    offenders = {
+        str(p): _hydra_composition_imports(p)
+        for p in (REPO / "pfm").rglob("*.py")
+        if p not in allowed and _hydra_composition_imports(p)
+    }
+    assert not offenders, f"Hydra composition belongs to the entry points only: {offenders}"

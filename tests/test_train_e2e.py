@@ -1,0 +1,94 @@
+"""A real 3-step run through the ``pfm-train`` entry point, its outputs, reloading its checkpoint, and
+the clear errors for bad crops and config keys."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pfm.tasks import nrmse
+from pfm.train import build_task
+
+
+def _pfm_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    cmd = [sys.executable, "-m", "pfm.train", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the demo experiment for 3 steps with a tiny grid; returns its run folder."""
+    from conftest import TINY_RUN
+
+    out = tmp_path_factory.mktemp("demo_run")
+    result = _pfm_train(["experiment=demo", *TINY_RUN, f"hydra.run.dir={out}"], cwd=out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def test_run_writes_checkpoint_metrics_and_pictures(demo_run: Path) -> None:
+    assert (demo_run / "checkpoints" / "last.ckpt").is_file()
+    assert (demo_run / ".hydra" / "config.yaml").is_file()
+    with open(demo_run / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 3, f"expected one logged loss per step, got {losses}"
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert any(r.get("val/nrmse") for r in rows), "validation ran at the last step"
+    assert any(r.get("perf/samples_per_s") for r in rows), "throughput is logged beside the loss"
+    for picture in ("reconstruction.png", "loss_curve.png"):
+        data = (demo_run / picture).read_bytes()
+        assert data.startswith(b"\x89PNG"), picture
+    assert list((demo_run / "wandb").glob("offline-run-*")), "wandb logs offline into the run folder"
+
+
+def test_checkpoint_reloads_to_the_logged_validation_error(demo_run: Path) -> None:
+    cfg = OmegaConf.load(demo_run / ".hydra" / "config.yaml")
+    datamodule, task = build_task(cfg)
+    checkpoint = torch.load(demo_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    task.load_state_dict(checkpoint["state_dict"])
+    assert checkpoint["global_step"] == 3
+    task.eval()
+    datamodule.setup("validate")
+    errors = []
+    with torch.no_grad():
+        for batch in datamodule.val_dataloader():
+            errors.append(nrmse(task(batch["input"]), batch["input"]))
+    reloaded = torch.cat(errors).mean().item()
+    with open(demo_run / "csv" / "metrics.csv") as f:
+        logged = [float(r["val/nrmse"]) for r in csv.DictReader(f) if r.get("val/nrmse")][-1]
+    assert reloaded == pytest.approx(logged, rel=1e-4)
+
+
+def test_crop_larger_than_grid_fails_before_training(tmp_path: Path, tiny_run: list[str]) -> None:
+    result = _pfm_train([*tiny_run, "data.n=16", "data.crop=32", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "data.crop=32" in result.stderr and "data.n=16" in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_crop_not_divisible_by_downsampling_fails_before_training(tmp_path: Path, tiny_run: list[str]) -> None:
+    result = _pfm_train([*tiny_run, "data.crop=14", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "14" in result.stderr and "downsampling factor 4" in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_unknown_key_on_the_command_line_is_named(tmp_path: Path) -> None:
+    result = _pfm_train(["trainer.max_stpes=3", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "max_stpes" in result.stderr
+
+
+def test_missing_value_is_named(tmp_path: Path, tiny_run: list[str]) -> None:
+    result = _pfm_train([*tiny_run, "data.crop=???", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "data.crop" in result.stderr
