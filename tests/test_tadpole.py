@@ -1,8 +1,8 @@
 """Tadpole autoencoder: official checkpoint layout, cropping and channel folding, errors, attention backends.
 
-Names and shapes are checked against `tests/assets/tadpole_state_dicts.json`, a copy of the anchors read off the
-official model code. Numerical equality with the official code was checked outside CI (the official code is not
-a dependency); these tests guard the properties that equality rests on.
+Names and shapes are checked against `tests/assets/tadpole_state_dicts.json`, a copy of the anchors read off
+the official model code. Numerical equality with the official code was checked outside CI (the official code
+is not a dependency); these tests guard the properties that equality rests on.
 """
 
 from __future__ import annotations

@@ -6,3 +6,7 @@ Public names: ``ConvVAE``.
 from pfm.models.conv_vae import ConvVAE
 
 __all__ = ["ConvVAE"]
+
+from pfm.models.tadpole import TadpoleAutoencoder, TadpoleDecoder, TadpoleEncoder
+
+__all__ += ["TadpoleAutoencoder", "TadpoleDecoder", "TadpoleEncoder"]

@@ -1,0 +1,5 @@
+"""pfm.heads."""
+
+from pfm.heads.tadpole_dynamics import TadpoleDynamics
+
+__all__ = ["TadpoleDynamics"]
