@@ -60,9 +60,8 @@ def _hydra_composition_imports(path: Path) -> list[str]:
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names if a.name.split(".")[0] == "hydra"]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "hydra":
-            if node.module != "hydra.utils":
-                found.append(node.module)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "hydra":
+            found += [node.module] if node.module != "hydra.utils" else []
     return found
 
 

@@ -75,7 +75,9 @@ def test_crop_larger_than_grid_fails_before_training(tmp_path: Path, tiny_run: l
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_crop_not_divisible_by_downsampling_fails_before_training(tmp_path: Path, tiny_run: list[str]) -> None:
+def test_crop_not_divisible_by_downsampling_fails_before_training(
+    tmp_path: Path, tiny_run: list[str]
+) -> None:
     result = _pfm_train([*tiny_run, "data.crop=14", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
     assert result.returncode != 0
     assert "14" in result.stderr and "downsampling factor 4" in result.stderr
