@@ -1,0 +1,135 @@
+"""Tadpole autoencoder training-step throughput and peak memory: attention_backend "sdpa" vs "math".
+
+Each (crop, backend) runs in a fresh process, so that peak memory is its own:
+- CPU: peak resident set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) over all steps, minus the RSS just
+  before the first step (weights and input already allocated): the activation and gradient memory of a step.
+- CUDA: `torch.cuda.max_memory_allocated()` over all steps, minus the memory allocated before the first step.
+A step is forward + MSE loss + backward on random (batch, 1, crop, crop, crop) crops; float32, no optimizer.
+Throughput is batch / median step time (the median resists other load on a shared machine).
+
+Usage:
+    python benchmarks/tadpole.py                       # S, crops 64 and 32, batch 2
+    python benchmarks/tadpole.py --size B --crops 32 --batch 4 --steps 5 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _rss_mib() -> float:
+    """Current resident set size of this process in MiB (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def _worker(size: str, crop: int, backend: str, batch: int, steps: int, warmup: int, device: str) -> dict:
+    """Time `steps` training steps of one configuration in this process; return the figures."""
+    import torch
+
+    from pfm.models.tadpole import TadpoleAutoencoder
+
+    torch.manual_seed(0)
+    model = TadpoleAutoencoder(size, crop_size=crop, attention_backend=backend).to(device).train()
+    x = torch.randn(batch, 1, crop, crop, crop, device=device)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(x), x).backward()
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    sync()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    else:
+        base = _rss_mib()
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"crops_per_s": batch / step_s, "step_s": step_s, "peak_mib": peak - base}
+
+
+def main() -> None:
+    """Parse flags, run every configuration in a subprocess, print a side-by-side table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", default="S", choices=["S", "B", "L"])
+    parser.add_argument("--crops", type=int, nargs="+", default=[64, 32], help="crop edges (multiples of 16)")
+    parser.add_argument("--batch", type=int, default=2, help="crops per step")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(_worker(**json.loads(args.worker))))
+        return
+
+    import torch
+
+    memory = "peak RSS above the pre-step baseline" if args.device == "cpu" else "peak CUDA allocated"
+    print(
+        f"Tadpole-{args.size} forward+backward, batch {args.batch}, {args.steps} timed steps after "
+        f"{args.warmup} warm-up, device {args.device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; memory = {memory}"
+    )
+    header = (
+        f"{'crop':>5} | {'sdpa crops/s':>12} {'math crops/s':>12} {'speed-up':>8} | "
+        f"{'sdpa MiB':>9} {'math MiB':>9} {'mem ratio':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for crop in args.crops:
+        results = {}
+        for backend in ("sdpa", "math"):
+            config = dict(
+                size=args.size,
+                crop=crop,
+                backend=backend,
+                batch=args.batch,
+                steps=args.steps,
+                warmup=args.warmup,
+                device=args.device,
+            )
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", json.dumps(config)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            results[backend] = json.loads(out.stdout.strip().splitlines()[-1])
+        s, m = results["sdpa"], results["math"]
+        print(
+            f"{crop:>5} | {s['crops_per_s']:>12.3f} {m['crops_per_s']:>12.3f} "
+            f"{s['crops_per_s'] / m['crops_per_s']:>7.2f}x | "
+            f"{s['peak_mib']:>9.0f} {m['peak_mib']:>9.0f} {s['peak_mib'] / m['peak_mib']:>9.2f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
