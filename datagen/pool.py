@@ -5,9 +5,11 @@ streams, derived from ``(seed, shard, step, purpose)``, and contributes a fixed 
 A process holds the shards of its rank, so the union of all ranks' samples at a step is the same for any
 number of processes, and no two ranks ever draw the same sample.
 
-Each :meth:`ShardPool.advance` either steps a trajectory forward or, with probability ``refresh_fraction``,
-replaces it with a fresh initial condition and freshly drawn coefficients (the Tadpole "buffer strategy").
-Trajectories that become non-finite or exceed ``max_abs`` are dropped, replaced and counted.
+Each :meth:`ShardPool.advance` steps every trajectory by one frame (``substeps`` solver steps) and, with
+probability ``refresh_fraction``, replaces it with a fresh initial condition and freshly drawn coefficients
+(the Tadpole "buffer strategy"). Trajectories that become non-finite or exceed ``max_abs`` are dropped,
+replaced and counted in ``num_rejected``; they never reach a sample. The last ``history`` frames of every
+trajectory are kept, so that windows of consecutive frames and lagged pairs can be drawn.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from datagen import ic as ic_module
-from datagen.pdes import get_pde
+from datagen.augment import draw_transform, periodic_crop, transform
+from datagen.ic import make_initial_condition
+from datagen.pdes import check_limits, get_pde
 from datagen.seeding import generator
-from datagen.spectral import ETDRKStepper, Grid, etdrk_coefficients
-from datagen.stepper import as_coefficient
+from datagen.spectral import Grid, etdrk_coefficients, spectral_ops
+from datagen.stepper import as_coefficient, build_stepper
 
-__all__ = ["FamilySpec", "ShardPool", "random_crops"]
+__all__ = ["FamilySpec", "ShardPool"]
 
 
 @dataclass
@@ -32,8 +35,9 @@ class FamilySpec:
     """How one PDE family is sampled: coefficient ranges, initial conditions, dt and weight.
 
     A coefficient given as ``[low, high]`` is drawn uniformly per trajectory (log-uniformly when
-    ``log_uniform`` lists it); a number is used as is. ``warmup_steps`` steps are taken after each new
-    initial condition before the trajectory is sampled.
+    ``log_uniform`` lists it); a number is used as is; omitted ones take the family default. ``warmup_steps``
+    frames are taken after each new initial condition before the trajectory is sampled. A frame is
+    ``substeps`` solver steps of ``dt``. ``length`` is the box size (default: the pool's).
     """
 
     name: str
@@ -44,21 +48,41 @@ class FamilySpec:
     weight: float = 1.0
     warmup_steps: int = 0
     order: int = 4
+    substeps: int = 1
+    length: float | None = None
 
     def __post_init__(self) -> None:
         pde = get_pde(self.name)
+        where = f"Fix conf/data/pde/{self.name}.yaml."
         unknown = sorted(set(self.coefficients) - set(pde.coefficients))
         if unknown:
             raise ValueError(
                 f"Unknown coefficient(s) {unknown} for PDE {self.name!r}; expected a subset of "
-                f"{sorted(pde.coefficients)}. Fix conf/data/pde/{self.name}.yaml."
+                f"{sorted(pde.coefficients)}. {where}"
             )
         for key, value in self.coefficients.items():
             if isinstance(value, Sequence) and (len(value) != 2 or value[0] > value[1]):
                 raise ValueError(
                     f"Coefficient range {key}={list(value)} for PDE {self.name!r}; expected [low, high] "
-                    "with low <= high."
+                    f"with low <= high. {where}"
                 )
+            if key in self.log_uniform and min(value if isinstance(value, Sequence) else [value]) <= 0:
+                raise ValueError(f"log_uniform coefficient {key}={value} must be positive. {where}")
+        if not self.dt > 0 or self.substeps < 1 or self.warmup_steps < 0 or not self.weight > 0:
+            raise ValueError(
+                f"PDE {self.name!r}: dt={self.dt}, substeps={self.substeps}, warmup_steps={self.warmup_steps}, "
+                f"weight={self.weight}; expected dt > 0, substeps >= 1, warmup_steps >= 0, weight > 0. {where}"
+            )
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """``name -> (low, high)`` for every coefficient (defaults as degenerate ranges)."""
+        out = {}
+        for key, default in get_pde(self.name).coefficients.items():
+            value = self.coefficients.get(key, default)
+            out[key] = (
+                (float(value[0]), float(value[1])) if isinstance(value, Sequence) else (float(value),) * 2
+            )
+        return out
 
 
 def _draw(value: float | Sequence[float], log: bool, count: int, g: torch.Generator, device) -> torch.Tensor:
@@ -72,81 +96,106 @@ def _draw(value: float | Sequence[float], log: bool, count: int, g: torch.Genera
 
 
 class _FamilyState:
-    """Fields, coefficients and ETDRK coefficients of the trajectories of one family in one shard."""
+    """Frames, coefficients and stepper of the trajectories of one family in one shard.
 
-    def __init__(self, spec: FamilySpec, grid: Grid, num_trajectories: int) -> None:
+    ``frames`` is a ring buffer ``(history, num_trajectories, channels, *grid)``; ``frames[head]`` is the
+    newest frame. Coefficients that vary per trajectory are stored per row; fixed ones once, so that the
+    ETDRK weights (6 complex tensors of the Fourier grid for ETDRK4) are shared when nothing varies.
+    """
+
+    def __init__(self, spec: FamilySpec, grid: Grid, num_trajectories: int, history: int) -> None:
         self.spec = spec
         self.pde = get_pde(spec.name)
         self.grid = grid
+        self.ops = spectral_ops(grid, self.pde.dealias)
         self.num_channels = self.pde.num_channels(grid.num_spatial_dims)
-        shape = (num_trajectories, self.num_channels, *grid.spatial_shape)
-        self.fields = torch.zeros(shape, device=grid.device)
-        defaults = self.pde.coefficients
-        # Coefficient tensors are updated in place so that the nonlinear closure always sees current rows.
-        self.values = {k: as_coefficient([v] * num_trajectories, grid) for k, v in defaults.items()}
-        self.stepper = ETDRKStepper(
-            grid,
-            self.pde.linear(grid, **self.values).expand(
-                num_trajectories, *([-1] * (grid.num_spatial_dims + 1))
-            ),
-            None if self.pde.is_linear else self.pde.nonlinear(grid, **self.values),
-            dt=spec.dt,
-            order=spec.order,
-        )
+        self.history = history
+        self.count = num_trajectories
+        check_limits(self.pde, grid, spec.dt, spec.order, spec.ranges())
+        self.varying = any(isinstance(v, Sequence) for v in spec.coefficients.values())
+        rows = num_trajectories if self.varying else 1
+        self.values = {k: as_coefficient([lo] * rows, grid) for k, (lo, _) in spec.ranges().items()}
+        self.stepper = build_stepper(self.pde, grid, self.values, spec.dt, spec.order)
+        if self.varying:
+            self.stepper.coefficients = {
+                k: v.expand(num_trajectories, *v.shape[1:]).clone() if v.shape[0] == 1 else v
+                for k, v in self.stepper.coefficients.items()
+            }
+        shape = (history, num_trajectories, self.num_channels, *grid.spatial_shape)
+        self.frames = torch.zeros(shape, device=grid.device)
+        self.head = 0
         self.times = torch.zeros(num_trajectories, device=grid.device)
 
+    @property
+    def current(self) -> torch.Tensor:
+        """The newest frame of every trajectory, ``(num_trajectories, channels, *grid)``."""
+        return self.frames[self.head]
+
+    def _rebuild_nonlinear(self) -> None:
+        if not self.pde.is_linear:
+            self.stepper.nonlinear = self.pde.nonlinear(self.ops, **self.values)
+
     def reset(self, rows: torch.Tensor, g: torch.Generator) -> None:
-        """New coefficients and initial conditions for the trajectories ``rows``."""
+        """New coefficients and initial conditions for ``rows``; warm up and fill their history."""
         if rows.numel() == 0:
             return
-        count = rows.numel()
-        grid = self.grid
-        for key, default in self.pde.coefficients.items():
-            value = self.spec.coefficients.get(key, default)
-            drawn = _draw(value, key in self.spec.log_uniform, count, g, grid.device)
-            self.values[key][rows] = drawn.reshape(-1, *([1] * (1 + grid.num_spatial_dims)))
-        linear = self.pde.linear(grid, **{k: v[rows] for k, v in self.values.items()})
-        linear = linear.expand(count, *linear.shape[1:])
-        fresh = etdrk_coefficients(linear, self.spec.dt, self.stepper.order)
-        for name, value in fresh.items():
-            target = self.stepper.coefficients[name]
-            if target.shape[0] != self.fields.shape[0]:
-                target = target.expand(self.fields.shape[0], *target.shape[1:]).clone()
-                self.stepper.coefficients[name] = target
-            target[rows] = value
-        self.fields[rows] = make_initial_condition(self.spec.ic, grid, count, self.num_channels, g)
-        self.times[rows] = 0.0
-        for _ in range(self.spec.warmup_steps):
-            self.fields[rows] = self._step_rows(rows)
+        count, grid = rows.numel(), self.grid
+        if self.varying:
+            for key, default in self.pde.coefficients.items():
+                value = self.spec.coefficients.get(key, default)
+                drawn = _draw(value, key in self.spec.log_uniform, count, g, grid.device)
+                self.values[key][rows] = drawn.reshape(-1, *([1] * (1 + grid.num_spatial_dims)))
+            self._refresh_weights(rows)
+        u = make_initial_condition(self.spec.ic, grid, count, self.num_channels, g)
+        u = self.pde.admissible(u, self.ops)
+        sub = self._stepper_for(rows)
+        num_steps = self.spec.substeps
+        if self.spec.warmup_steps:
+            u = sub(u, self.spec.warmup_steps * num_steps)
+        # Oldest first, so that after the loop frames[head] holds the newest.
+        for j in range(self.history - 1, -1, -1):
+            self.frames[(self.head - j) % self.history, rows] = u
+            if j:
+                u = sub(u, num_steps)
+        self.times[rows] = self.spec.dt * num_steps * (self.spec.warmup_steps + self.history - 1)
 
-    def _step_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        if rows.numel() == self.fields.shape[0]:
-            return self.stepper(self.fields)
-        # Stepping a subset needs the matching rows of every per-sample coefficient.
-        sub = ETDRKStepper.__new__(ETDRKStepper)
-        sub.grid, sub.dt, sub.order = self.grid, self.stepper.dt, self.stepper.order
-        sub.coefficients = {k: v[rows] if v.shape[0] > 1 else v for k, v in self.stepper.coefficients.items()}
-        if self.pde.is_linear:
-            sub.nonlinear = None
-        else:
-            sub.nonlinear = self.pde.nonlinear(self.grid, **{k: v[rows] for k, v in self.values.items()})
-        return sub(self.fields[rows])
+    def _refresh_weights(self, rows: torch.Tensor) -> None:
+        sub_values = {k: v[rows] for k, v in self.values.items()}
+        linear = self.pde.linear(self.ops, **sub_values)
+        if self.stepper.coefficients["E"].shape[0] > 1:  # the linear part depends on per-row values
+            linear = linear.expand(rows.numel(), *linear.shape[1:])
+            # One row at a time: vectorized complex kernels can round differently with the batch size, and
+            # a resumed pool recomputes these weights, so they must not depend on which rows were grouped.
+            for i, row in enumerate(rows.tolist()):
+                fresh = etdrk_coefficients(linear[i : i + 1], self.spec.dt, self.stepper.order)
+                for name, value in fresh.items():
+                    self.stepper.coefficients[name][row] = value[0]
+        self._rebuild_nonlinear()
 
+    def _stepper_for(self, rows: torch.Tensor):
+        if rows.numel() == self.count and bool((rows == torch.arange(self.count, device=rows.device)).all()):
+            return self.stepper
+        nonlinear = None
+        if not self.pde.is_linear:
+            sub_values = {k: v[rows] if v.shape[0] > 1 else v for k, v in self.values.items()}
+            nonlinear = self.pde.nonlinear(self.ops, **sub_values)
+        return self.stepper.select(rows, nonlinear)
 
-def make_initial_condition(
-    spec: Mapping[str, object], grid: Grid, batch: int, channels: int, g: torch.Generator
-) -> torch.Tensor:
-    """Draw ``batch`` initial conditions as configured by ``spec`` (``kind`` plus its options)."""
-    options = dict(spec)
-    kind = options.pop("kind", "gaussian_random_field")
-    if kind == "gaussian_random_field":
-        exponent = options.pop("powerlaw_exponent", 3.0)
-        if isinstance(exponent, Sequence):
-            exponent = _draw(exponent, False, batch, g, grid.device)
-        if options:
-            raise ValueError(f"Unknown option(s) {sorted(options)} for initial condition {kind!r}.")
-        return ic_module.gaussian_random_field(grid, batch, channels, powerlaw_exponent=exponent, generator=g)
-    raise ValueError(f"Unknown initial condition kind {kind!r}; expected one of ['gaussian_random_field'].")
+    def advance(self) -> torch.Tensor:
+        """Step every trajectory by one frame; returns the mask ``(num_trajectories,)`` of blown-up ones."""
+        new = self.stepper(self.current, self.spec.substeps)
+        self.head = (self.head + 1) % self.history
+        self.frames[self.head] = new
+        self.times += self.spec.dt * self.spec.substeps
+        dims = tuple(range(1, new.ndim))
+        return ~torch.isfinite(new).all(dim=dims) | (new.abs().amax(dim=dims) > self.max_abs)
+
+    max_abs: float = 1e4
+
+    def window(self, row: int, length: int) -> torch.Tensor:
+        """The last ``length`` frames of trajectory ``row``, oldest first, ``(length, channels, *grid)``."""
+        index = [(self.head - j) % self.history for j in range(length - 1, -1, -1)]
+        return self.frames[index, row]
 
 
 class ShardPool:
@@ -161,6 +210,7 @@ class ShardPool:
         length: float = 1.0,
         num_trajectories: int = 8,
         refresh_fraction: float = 0.1,
+        history: int = 1,
         max_abs: float = 1e4,
         seed: int = 0,
         shard: int = 0,
@@ -170,8 +220,19 @@ class ShardPool:
             raise ValueError("No PDE families given; expected at least one FamilySpec.")
         if not 0.0 <= refresh_fraction <= 1.0:
             raise ValueError(f"refresh_fraction={refresh_fraction}; expected a value in [0, 1].")
-        self.grid = Grid(num_spatial_dims=num_spatial_dims, n=n, length=length, device=torch.device(device))
-        self.families = [_FamilyState(spec, self.grid, num_trajectories) for spec in families]
+        if history < 1:
+            raise ValueError(f"history={history}; expected >= 1 frames kept per trajectory.")
+        device = torch.device(device)
+        self.num_spatial_dims = num_spatial_dims
+        self.n = n
+        self.families = []
+        for spec in families:
+            grid = Grid(num_spatial_dims, n, spec.length or length, device)
+            state = _FamilyState(spec, grid, num_trajectories, history)
+            state.max_abs = max_abs
+            self.families.append(state)
+        self.device = device
+        self.history = history
         self.refresh_fraction = refresh_fraction
         self.max_abs = max_abs
         self.seed = seed
@@ -180,63 +241,146 @@ class ShardPool:
         self.num_rejected = 0
         g = self._generator("init")
         for fam in self.families:
-            fam.reset(torch.arange(num_trajectories, device=self.grid.device), g)
+            fam.reset(torch.arange(num_trajectories, device=device), g)
+
+    @property
+    def grid(self) -> Grid:
+        """The grid of the first family (all families share ``n`` and ``num_spatial_dims``)."""
+        return self.families[0].grid
+
+    @property
+    def max_channels(self) -> int:
+        """Largest channel count over the families (windows and pairs are zero-padded to it)."""
+        return max(f.num_channels for f in self.families)
 
     def _generator(self, purpose: str, step: int | None = None) -> torch.Generator:
         return generator(
-            self.seed, self.shard, self.step if step is None else step, purpose, device=self.grid.device
+            self.seed, self.shard, self.step if step is None else step, purpose, device=self.device
         )
 
     def advance(self) -> None:
         """Step every trajectory once, replace a random ``refresh_fraction`` and any that blew up."""
         g = self._generator("advance")
         for fam in self.families:
-            count = fam.fields.shape[0]
-            fam.fields = fam.stepper(fam.fields)
-            fam.times += fam.spec.dt
-            refresh = torch.rand(count, generator=g, device=self.grid.device) < self.refresh_fraction
-            dims = tuple(range(1, fam.fields.ndim))
-            bad = ~torch.isfinite(fam.fields).all(dim=dims) | (fam.fields.abs().amax(dim=dims) > self.max_abs)
+            bad = fam.advance()
+            refresh = torch.rand(fam.count, generator=g, device=self.device) < self.refresh_fraction
             self.num_rejected += int(bad.sum())
             fam.reset(torch.nonzero(refresh | bad).flatten(), g)
         self.step += 1
 
+    def _check_crop(self, crop: int | None) -> None:
+        if crop is not None and crop > self.n:
+            raise ValueError(
+                f"Crop size {crop} is larger than the grid ({self.n} points per axis); "
+                f"set data.crop <= {self.n} or data.n >= {crop}."
+            )
+
+    def _draw_sources(self, batch: int, purpose: str) -> tuple[torch.Generator, list[tuple[int, int]]]:
+        g = self._generator(purpose)
+        weights = torch.tensor([f.spec.weight for f in self.families], device=self.device)
+        family_index = torch.multinomial(weights, batch, replacement=True, generator=g).tolist()
+        rows = [
+            int(torch.randint(self.families[i].count, (1,), generator=g, device=self.device))
+            for i in family_index
+        ]
+        return g, list(zip(family_index, rows, strict=True))
+
+    def _view(
+        self, fam: _FamilyState, x: torch.Tensor, crop: int | None, augment: bool, g: torch.Generator
+    ) -> torch.Tensor:
+        """Random periodic crop (or roll) and symmetry transform of ``(..., channels, *grid)``."""
+        d = self.num_spatial_dims
+        starts = torch.randint(self.n, (d,), generator=g, device=self.device).tolist()
+        if not augment and crop is None:
+            return x
+        x = periodic_crop(x, starts if augment or crop is not None else [0] * d, crop)
+        if augment:
+            flips, perm = draw_transform(d, g, self.device)
+            x = transform(x, flips, perm, fam.pde.is_vector)
+        return x
+
     def sample_crops(
         self, batch: int, crop: int, *, augment: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``batch`` random single-channel periodic crops at the current step.
+        """``batch`` random single-channel periodic crops of the current frames.
 
         Returns the crops ``(batch, 1, crop, ..., crop)`` and the index of each crop's family ``(batch,)``.
         """
-        if crop > self.grid.n:
-            raise ValueError(
-                f"Crop size {crop} is larger than the grid ({self.grid.n} points per axis); "
-                f"set data.crop <= {self.grid.n} or data.n >= {crop}."
-            )
-        g = self._generator("crops")
-        device = self.grid.device
-        weights = torch.tensor([f.spec.weight for f in self.families], device=device)
-        family_index = torch.multinomial(weights, batch, replacement=True, generator=g)
+        self._check_crop(crop)
+        g, sources = self._draw_sources(batch, "crops")
         out = []
-        for i in range(batch):
-            fam = self.families[int(family_index[i])]
-            row = int(torch.randint(fam.fields.shape[0], (1,), generator=g, device=device))
-            channel = int(torch.randint(fam.num_channels, (1,), generator=g, device=device))
-            out.append(random_crops(fam.fields[row, channel][None], crop, g, augment=augment))
-        return torch.stack(out), family_index
+        for f, row in sources:
+            fam = self.families[f]
+            channel = int(torch.randint(fam.num_channels, (1,), generator=g, device=self.device))
+            x = self._view(fam, fam.current[row], crop, augment, g)
+            out.append(x[channel : channel + 1])
+        return torch.stack(out).contiguous(), torch.tensor([f for f, _ in sources], device=self.device)
+
+    def sample_windows(
+        self, batch: int, length: int, *, crop: int | None = None, augment: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """``batch`` windows of ``length`` consecutive frames with all fields.
+
+        Returns ``input`` ``(batch, length, max_channels, *grid_or_crop)`` (zero-padded channels),
+        ``channel_mask`` ``(batch, max_channels)``, ``pde`` ``(batch,)`` and ``dt`` ``(batch,)`` (frame spacing).
+        """
+        if not 1 <= length <= self.history:
+            raise ValueError(
+                f"Window length {length} needs 1 <= length <= history={self.history}; raise data.history."
+            )
+        self._check_crop(crop)
+        g, sources = self._draw_sources(batch, "windows")
+        out, masks, dts = [], [], []
+        c_max = self.max_channels
+        for f, row in sources:
+            fam = self.families[f]
+            x = self._view(fam, fam.window(row, length), crop, augment, g)
+            pad = torch.zeros((length, c_max - fam.num_channels, *x.shape[2:]), device=self.device)
+            out.append(torch.cat((x, pad), dim=1))
+            masks.append(torch.arange(c_max, device=self.device) < fam.num_channels)
+            dts.append(fam.spec.dt * fam.spec.substeps)
+        return {
+            "input": torch.stack(out).contiguous(),
+            "channel_mask": torch.stack(masks),
+            "pde": torch.tensor([f for f, _ in sources], device=self.device),
+            "dt": torch.tensor(dts, device=self.device),
+        }
+
+    def sample_pairs(
+        self, batch: int, lag: int, *, crop: int | None = None, augment: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """``batch`` pairs ``(x_t, x_{t+lag})`` of frames ``lag`` apart, each ``(batch, max_channels, *grid_or_crop)``.
+
+        Also returns ``channel_mask``, ``pde``, ``dt`` (frame spacing) and ``lag`` ``(batch,)``.
+        """
+        windows = self.sample_windows(batch, lag + 1, crop=crop, augment=augment)
+        x = windows.pop("input")
+        windows["lag"] = torch.full((batch,), lag, device=self.device)
+        return {"input": x[:, 0].contiguous(), "target": x[:, -1].contiguous(), **windows}
+
+    def memory_bytes(self) -> int:
+        """Bytes held by frames, coefficients and ETDRK weights of this shard."""
+        total = 0
+        for fam in self.families:
+            tensors = [fam.frames, fam.times, *fam.values.values(), *fam.stepper.coefficients.values()]
+            total += sum(t.numel() * t.element_size() for t in tensors)
+        return total
 
     def state_dict(self) -> dict[str, object]:
-        """Everything needed to continue the stream exactly: fields, coefficients, step and counters."""
+        """Everything needed to continue the stream exactly: frames, coefficients, step and counters.
+
+        ETDRK weights are not saved; they are recomputed from the coefficients on load.
+        """
         return {
             "step": self.step,
             "num_rejected": self.num_rejected,
             "families": [
                 {
                     "name": f.spec.name,
-                    "fields": f.fields.cpu(),
+                    "frames": f.frames.cpu(),
+                    "head": f.head,
                     "times": f.times.cpu(),
                     "values": {k: v.cpu() for k, v in f.values.items()},
-                    "coefficients": {k: v.cpu() for k, v in f.stepper.coefficients.items()},
                 }
                 for f in self.families
             ],
@@ -250,38 +394,18 @@ class ShardPool:
             raise ValueError(
                 f"Pool state holds families {saved}; this pool has {mine}. Use the same data config."
             )
-        device = self.grid.device
         for fam, saved_fam in zip(self.families, state["families"], strict=True):
-            if tuple(saved_fam["fields"].shape) != tuple(fam.fields.shape):
+            if tuple(saved_fam["frames"].shape) != tuple(fam.frames.shape):
                 raise ValueError(
-                    f"Pool state for {fam.spec.name!r} has fields {tuple(saved_fam['fields'].shape)}; "
-                    f"expected {tuple(fam.fields.shape)}. Use the same grid and num_trajectories."
+                    f"Pool state for {fam.spec.name!r} has frames {tuple(saved_fam['frames'].shape)}; "
+                    f"expected {tuple(fam.frames.shape)}. Use the same grid, history and num_trajectories."
                 )
-            fam.fields = saved_fam["fields"].to(device)
-            fam.times = saved_fam["times"].to(device)
+            fam.frames = saved_fam["frames"].to(self.device).clone()
+            fam.head = int(saved_fam["head"])
+            fam.times = saved_fam["times"].to(self.device).clone()
             for k, v in saved_fam["values"].items():
-                fam.values[k].copy_(v.to(device))
-            fam.stepper.coefficients = {k: v.to(device) for k, v in saved_fam["coefficients"].items()}
+                fam.values[k].copy_(v.to(self.device))
+            if fam.varying:
+                fam._refresh_weights(torch.arange(fam.count, device=self.device))
         self.step = int(state["step"])
         self.num_rejected = int(state["num_rejected"])
-
-
-def random_crops(field: torch.Tensor, crop: int, g: torch.Generator, *, augment: bool = True) -> torch.Tensor:
-    """A random periodic crop of a single-channel ``(1, *grid)`` field, with random flips and axis order."""
-    num_spatial_dims = field.ndim - 1
-    device = field.device
-    index = []
-    for axis in range(num_spatial_dims):
-        n = field.shape[1 + axis]
-        start = int(torch.randint(n, (1,), generator=g, device=device))
-        index.append((start + torch.arange(crop, device=device)) % n)
-    grids = torch.meshgrid(*index, indexing="ij")
-    out = field[(slice(None), *grids)]
-    if augment:
-        flips = torch.rand(num_spatial_dims, generator=g, device=device) < 0.5
-        dims = [1 + a for a in range(num_spatial_dims) if bool(flips[a])]
-        if dims:
-            out = out.flip(dims)
-        perm = torch.randperm(num_spatial_dims, generator=g, device=device).tolist()
-        out = out.permute(0, *[1 + p for p in perm])
-    return out.contiguous()

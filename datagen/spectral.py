@@ -1,4 +1,4 @@
-"""Pseudo-spectral building blocks on periodic boxes: grids, wavenumbers, dealiasing and ETDRK stepping.
+"""Pseudo-spectral building blocks on periodic boxes: grids, cached operators, dealiasing and ETDRK stepping.
 
 Everything here works in float32 / complex64 on whatever device the fields live on, with real FFTs over the
 trailing ``num_spatial_dims`` axes of tensors shaped ``(batch, channels, *grid)``.
@@ -12,13 +12,14 @@ symbols are handled as well as real (diffusive) ones.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ETDRKStepper", "Grid", "etdrk_coefficients"]
+__all__ = ["ETDRKStepper", "Grid", "SpectralOps", "etdrk_coefficients", "spectral_ops"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,15 @@ class Grid:
     def dx(self) -> float:
         """Grid spacing."""
         return self.length / self.n
+
+    @property
+    def spatial_axes(self) -> tuple[int, ...]:
+        """Tensor dims of the spatial axes of ``(batch, channels, *grid)``: ``(-d, ..., -1)``."""
+        return tuple(range(-self.num_spatial_dims, 0))
+
+    def max_wavenumber(self, dealias: float = 2.0 / 3.0) -> float:
+        """Largest angular wavenumber per axis kept by the dealiasing rule."""
+        return 2 * math.pi / self.length * dealias * (self.n // 2)
 
     def coordinates(self) -> list[torch.Tensor]:
         """Cell-left coordinates per axis, each broadcastable to ``(1, 1, *grid)``."""
@@ -111,11 +121,49 @@ class Grid:
 
     def fft(self, u: torch.Tensor) -> torch.Tensor:
         """Real FFT over the spatial axes of ``(batch, channels, *grid)``."""
-        return torch.fft.rfftn(u, dim=tuple(range(-self.num_spatial_dims, 0)))
+        return torch.fft.rfftn(u, dim=self.spatial_axes)
 
     def ifft(self, u_hat: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`fft`."""
-        return torch.fft.irfftn(u_hat, s=self.spatial_shape, dim=tuple(range(-self.num_spatial_dims, 0)))
+        """Inverse of :meth:`fft`: ``(batch, channels, *fourier_shape)`` to ``(batch, channels, *grid)``."""
+        return torch.fft.irfftn(u_hat, s=self.spatial_shape, dim=self.spatial_axes)
+
+
+@dataclass(frozen=True)
+class SpectralOps:
+    """Operators of one grid, built once and shared by every PDE on it (see :func:`spectral_ops`).
+
+    Shapes: ``ik`` is ``(1, d, *fourier_shape)`` (the derivative symbols stacked on the channel axis, so one
+    batched inverse FFT gives the whole gradient); ``ik_masked`` is ``ik`` times the 2/3 dealiasing mask, so
+    one multiply both differentiates and dealiases; ``mask`` is the float mask ``(1, 1, *fourier_shape)``;
+    ``laplacian`` is ``-|k|^2`` and ``inverse_laplacian`` its inverse with the mean mode set to 0; ``k`` the
+    real wavenumbers ``(1, d, *fourier_shape)`` (Nyquist kept, for even derivatives).
+    """
+
+    grid: Grid
+    k: torch.Tensor
+    ik: torch.Tensor
+    ik_masked: torch.Tensor
+    mask: torch.Tensor
+    laplacian: torch.Tensor
+    inverse_laplacian: torch.Tensor
+
+    def derivative(self, axis: int, masked: bool = True) -> torch.Tensor:
+        """``i k_axis`` as ``(1, 1, *fourier_shape)``, optionally dealiased."""
+        ops = self.ik_masked if masked else self.ik
+        return ops[:, axis : axis + 1]
+
+
+@functools.lru_cache(maxsize=32)
+def spectral_ops(grid: Grid, dealias: float = 2.0 / 3.0) -> SpectralOps:
+    """The cached :class:`SpectralOps` of ``grid`` (computed once per grid, device and dealias fraction)."""
+    shape = (1, 1, *grid.fourier_shape)
+    ik = torch.cat([op.expand(shape) for op in grid.derivative_operators()], dim=1).to(torch.complex64)
+    mask = grid.dealias_mask(dealias).to(torch.float32)
+    laplacian = grid.laplacian_symbol()
+    safe = torch.where(laplacian == 0, torch.ones_like(laplacian), laplacian)
+    inverse = torch.where(laplacian == 0, torch.zeros_like(laplacian), 1.0 / safe)
+    k = torch.cat([kj.expand(1, 1, *grid.fourier_shape) for kj in grid.wavenumbers()], dim=1)
+    return SpectralOps(grid, k, ik, ik * mask, mask, laplacian, inverse)
 
 
 def etdrk_coefficients(
@@ -124,10 +172,12 @@ def etdrk_coefficients(
     """ETDRK coefficients for the diagonal linear operator ``linear`` (a Fourier symbol) and step ``dt``.
 
     The phi-functions are averaged over ``num_circle_points`` on a circle of ``radius`` around ``dt * L``
-    (contour-integral form), in complex128, and returned as complex64 tensors of ``linear``'s shape.
+    (contour-integral form), in complex128, and returned as tensors of ``linear``'s shape: complex64, or
+    float32 when the symbol is real (purely diffusive/reactive), which halves the cost of every multiply.
     """
     if order not in (1, 2, 3, 4):
         raise ValueError(f"ETDRK order={order}; expected 1, 2, 3 or 4.")
+    real = not torch.is_complex(linear) or bool((linear.imag == 0).all())
     hl = (dt * linear).to(torch.complex128)
     theta = torch.arange(num_circle_points, dtype=torch.float64, device=hl.device) + 0.5
     roots = radius * torch.exp(2j * math.pi * theta / num_circle_points)
@@ -143,22 +193,18 @@ def etdrk_coefficients(
     elif order == 2:
         c["phi1"] = dt * mean((exp_lr - 1) / lr)
         c["phi2"] = dt * mean((exp_lr - 1 - lr) / lr**2)
-    elif order == 3:
-        # Cox & Matthews ETD3RK.
-        exp_half = torch.exp(lr / 2)
-        c["E2"] = torch.exp(hl / 2)
-        c["Q"] = dt * mean((exp_half - 1) / lr)
-        c["phi1"] = dt * mean((exp_lr - 1) / lr)
-        c["f1"] = dt * mean((-4 - lr + exp_lr * (4 - 3 * lr + lr**2)) / lr**3)
-        c["f2"] = dt * mean((2 + lr + exp_lr * (-2 + lr)) / lr**3)
-        c["f3"] = dt * mean((-4 - 3 * lr - lr**2 + exp_lr * (4 - lr)) / lr**3)
     else:
+        # ETD3RK and ETDRK4 of Cox & Matthews share these weights.
         exp_half = torch.exp(lr / 2)
         c["E2"] = torch.exp(hl / 2)
         c["Q"] = dt * mean((exp_half - 1) / lr)
         c["f1"] = dt * mean((-4 - lr + exp_lr * (4 - 3 * lr + lr**2)) / lr**3)
         c["f2"] = dt * mean((2 + lr + exp_lr * (-2 + lr)) / lr**3)
         c["f3"] = dt * mean((-4 - 3 * lr - lr**2 + exp_lr * (4 - lr)) / lr**3)
+        if order == 3:
+            c["phi1"] = dt * mean((exp_lr - 1) / lr)
+    if real:
+        return {name: value.real.to(torch.float32) for name, value in c.items()}
     return {name: value.to(torch.complex64) for name, value in c.items()}
 
 
@@ -168,19 +214,33 @@ NonlinearFn = Callable[[torch.Tensor], torch.Tensor]
 class ETDRKStepper:
     """Advances ``u_t = L u + N(u)`` by one ``dt`` with ETDRK of order 1-4 in Fourier space.
 
-    ``linear`` is the Fourier symbol of ``L``, broadcastable to ``(batch, channels, *fourier_shape)`` (a
-    leading batch axis carries per-sample coefficients). ``nonlinear`` maps ``u_hat`` to the (dealiased)
-    Fourier transform of ``N(u)``; ``None`` means a purely linear PDE, which is then stepped exactly.
+    ``coefficients`` are the ETDRK weights of :func:`etdrk_coefficients`, broadcastable to
+    ``(batch, channels, *fourier_shape)`` (a leading batch axis carries per-sample coefficients).
+    ``nonlinear`` maps ``u_hat`` to the Fourier transform of ``N(u)``; ``None`` means a purely linear PDE,
+    which is then stepped exactly (one multiply per step).
     """
 
     def __init__(
-        self, grid: Grid, linear: torch.Tensor, nonlinear: NonlinearFn | None, dt: float, order: int = 4
+        self,
+        grid: Grid,
+        coefficients: Mapping[str, torch.Tensor],
+        nonlinear: NonlinearFn | None,
+        dt: float,
+        order: int = 4,
     ) -> None:
         self.grid = grid
         self.dt = dt
         self.order = 1 if nonlinear is None else order
         self.nonlinear = nonlinear
-        self.coefficients = etdrk_coefficients(linear, dt, self.order)
+        self.coefficients = dict(coefficients)
+
+    @classmethod
+    def from_linear(
+        cls, grid: Grid, linear: torch.Tensor, nonlinear: NonlinearFn | None, dt: float, order: int = 4
+    ) -> ETDRKStepper:
+        """A stepper from the Fourier symbol ``linear`` of ``L``, ``(batch|1, channels|1, *fourier_shape)``."""
+        order = 1 if nonlinear is None else order
+        return cls(grid, etdrk_coefficients(linear, dt, order), nonlinear, dt, order)
 
     def step_fourier(self, u_hat: torch.Tensor) -> torch.Tensor:
         """One step on Fourier coefficients ``(batch, channels, *fourier_shape)``."""
@@ -193,20 +253,28 @@ class ETDRKStepper:
             return c["E"] * u_hat + c["phi1"] * nu
         if self.order == 2:
             a = c["E"] * u_hat + c["phi1"] * nu
-            return a + c["phi2"] * (n(a) - nu)
+            return a.add_(c["phi2"] * (n(a) - nu))
+        e2u = c["E2"] * u_hat
+        a = e2u + c["Q"] * nu
+        na = n(a)
         if self.order == 3:
-            a = c["E2"] * u_hat + c["Q"] * nu
-            na = n(a)
             b = c["E"] * u_hat + c["phi1"] * (2 * na - nu)
             nb = n(b)
-            return c["E"] * u_hat + c["f1"] * nu + 4 * c["f2"] * na + c["f3"] * nb
-        a = c["E2"] * u_hat + c["Q"] * nu
-        na = n(a)
-        b = c["E2"] * u_hat + c["Q"] * na
+            out = c["E"] * u_hat
+            out += c["f1"] * nu
+            out += c["f2"] * (4 * na)
+            out += c["f3"] * nb
+            return out
+        b = e2u.add_(c["Q"] * na)  # e2u is not needed any more; reuse its memory
         nb = n(b)
-        cc = c["E2"] * a + c["Q"] * (2 * nb - nu)
+        cc = c["E2"] * a
+        cc += c["Q"] * (2 * nb - nu)
         nc = n(cc)
-        return c["E"] * u_hat + c["f1"] * nu + 2 * c["f2"] * (na + nb) + c["f3"] * nc
+        out = c["E"] * u_hat
+        out += c["f1"] * nu
+        out += c["f2"] * (2 * (na + nb))
+        out += c["f3"] * nc
+        return out
 
     def __call__(self, u: torch.Tensor, num_steps: int = 1) -> torch.Tensor:
         """Advance a real field ``(batch, channels, *grid)`` by ``num_steps * dt``."""
@@ -214,3 +282,8 @@ class ETDRKStepper:
         for _ in range(num_steps):
             u_hat = self.step_fourier(u_hat)
         return self.grid.ifft(u_hat)
+
+    def select(self, rows: torch.Tensor, nonlinear: NonlinearFn | None) -> ETDRKStepper:
+        """A stepper for the samples ``rows`` only (per-sample weights indexed, shared ones kept)."""
+        coefficients = {k: v[rows] if v.shape[0] > 1 else v for k, v in self.coefficients.items()}
+        return ETDRKStepper(self.grid, coefficients, nonlinear, self.dt, self.order)
