@@ -9,6 +9,7 @@ Public names:
 - `TadpoleAutoencoder`: crops, folds channels, encodes, decodes; the model to use.
 - `TadpoleEncoder`, `TadpoleDecoder`: the networks on one crop of `in_channels` channels.
 - `TadpoleConfig`, `TADPOLE_CONFIGS`: the S/B/L hyper-parameters.
+- `TadpoleOutput`, `CropLayout`: results of `TadpoleAutoencoder.reconstruct` and `.split_crops`.
 
 Architecture (per crop, S sizes; B/L scale the widths):
     encoder: conv 3^3 (1 -> 32) -> conv s2 (-> 32) -> 2 x [GroupNorm-GELU-conv] x 2 -> conv s2 (-> 64)
@@ -42,6 +43,7 @@ from pfm.models.layers.p3d import (
 
 __all__ = [
     "TADPOLE_CONFIGS",
+    "CropLayout",
     "TadpoleAutoencoder",
     "TadpoleConfig",
     "TadpoleDecoder",
