@@ -17,10 +17,11 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_method, instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from pfm.callbacks import LossCurvePlot, ReconstructionPlot, ThroughputMonitor
+from pfm.checkpoints import PeriodicCheckpoint, check_compatible, resolve_resume
+from pfm.distributed import GlobalLoss, StrategySetup, build_strategy
 
 __all__ = ["CONF_DIR", "build_model", "build_task", "main", "run"]
 
@@ -63,41 +64,67 @@ def build_task(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModul
     return datamodule, task
 
 
+def _run_info(cfg: DictConfig, datamodule: L.LightningDataModule, setup: StrategySetup) -> dict[str, Any]:
+    """What a checkpoint records about its run: resume compares part of it, export rebuilds from it."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    head = container.get("head") if cfg.get("head") and cfg.head.get("_target_") else None
+    return {
+        "model": container["model"],
+        "head": head,
+        "task_target": cfg.task._target_,
+        "data_spec": dict(getattr(datamodule, "spec", {})),
+        "num_data_shards": cfg.data.get("num_data_shards"),
+        # DeepSpeed writes folders of shards that only DeepSpeed reads back; the others write one file
+        "checkpoint_format": "deepspeed" if setup.name.startswith("deepspeed") else "file",
+        "strategy": setup.name,
+        "config": container,
+    }
+
+
 def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
-    """Build data, model, head, task and trainer from ``cfg`` and fit; returns the finished trainer."""
+    """Build data, model, head, task, strategy and trainer from ``cfg`` and fit; returns the finished trainer."""
     output_dir = Path(output_dir)
+    # built first: a strategy the hardware cannot run fails before any work is done
+    setup = instantiate(cfg.strategy, _convert_="all") if cfg.get("strategy") else build_strategy("single")
     L.seed_everything(cfg.seed, workers=True)
     datamodule, task = build_task(cfg)
+    setup.prepare_model(task.model)  # activation checkpointing, then compile; the strategy shards later
 
+    checkpoint_dir = output_dir / "checkpoints"
+    resume = resolve_resume(cfg.get("resume") or cfg.get("ckpt_path"), checkpoint_dir)
+    run_info = _run_info(cfg, datamodule, setup)
+    if resume is not None:
+        check_compatible(resume, run_info)
+        log.info("Resuming from %s", resume)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks: list[L.Callback] = [
-        ModelCheckpoint(
-            dirpath=output_dir / "checkpoints",
-            filename="step{step:07d}",
-            auto_insert_metric_name=False,
-            every_n_train_steps=cfg.checkpoint_every_n_steps,
-            save_top_k=-1,
-            save_last=True,
+        PeriodicCheckpoint(
+            checkpoint_dir,
+            every_n_steps=cfg.checkpoint_every_n_steps,
+            every_n_minutes=cfg.get("checkpoint_every_n_minutes"),
+            keep_last=cfg.get("checkpoint_keep_last"),
+            run_info=run_info,
         ),
         ThroughputMonitor(),
+        GlobalLoss(),
     ]
     if cfg.plots:
         callbacks += [LossCurvePlot(output_dir), ReconstructionPlot(output_dir)]
-    strategy_kwargs = OmegaConf.to_container(cfg.strategy, resolve=True) if cfg.get("strategy") else {}
     trainer = instantiate(
         cfg.trainer,
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=str(output_dir),
-        **strategy_kwargs,
+        enable_checkpointing=False,  # PeriodicCheckpoint replaces Lightning's ModelCheckpoint
+        **setup.trainer_kwargs,
     )
     num_params = sum(p.numel() for p in task.parameters())
     num_trainable = sum(p.numel() for p in task.parameters() if p.requires_grad)
     log.info("Model: %s parameters, %s trainable", f"{num_params:,}", f"{num_trainable:,}")
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
     if trainer.is_global_zero:
         log.info("Run folder: %s", output_dir)
-        log.info("  checkpoints: %s", output_dir / "checkpoints")
+        log.info("  checkpoints: %s", checkpoint_dir)
         log.info("  metrics:     %s", output_dir / "csv" / "metrics.csv")
         if cfg.plots:
             log.info(
