@@ -21,9 +21,9 @@ NEW_PARAMETERS = ("lora_A", "lora_B", "skip_scales", "latent_transformer.")
 
 
 def _autoencoder(**kwargs) -> TadpoleAutoencoder:
-    """A small-crop S autoencoder with perturbed weights (so its output depends on its input)."""
+    """A 16^3-crop S autoencoder with perturbed weights (so its output depends on its input)."""
     torch.manual_seed(0)
-    model = TadpoleAutoencoder("S", crop_size=32, **kwargs)
+    model = TadpoleAutoencoder("S", crop_size=16, **kwargs)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -37,7 +37,7 @@ def _is_new(name: str) -> bool:
 
 def test_equals_autoencoder_at_initialisation() -> None:
     autoencoder = _autoencoder()
-    x = torch.randn(1, 2, 64, 32, 32)  # two channels, two crops along x
+    x = torch.randn(1, 2, 32, 16, 16)  # two channels, two crops along x
     with torch.no_grad():
         expected = autoencoder(x)
         dynamics = TadpoleDynamics(autoencoder, num_channels=2).eval()
@@ -46,7 +46,7 @@ def test_equals_autoencoder_at_initialisation() -> None:
 
 def test_only_new_parameters_train_when_frozen() -> None:
     dynamics = TadpoleDynamics(_autoencoder(), num_channels=2, lora_rank=4)
-    x = torch.randn(1, 2, 32, 32, 32)
+    x = torch.randn(1, 2, 16, 16, 16)
     dynamics(x).square().mean().backward()
     params = dict(dynamics.named_parameters())
     trainable = {name for name, p in params.items() if p.requires_grad}
@@ -84,7 +84,7 @@ def test_official_weights_load_into_lora_model_and_merge_back() -> None:
     load_base_state_dict(dynamics.autoencoder.encoder, official)
     with pytest.raises(RuntimeError, match="missing"):
         load_base_state_dict(dynamics.autoencoder.encoder, {k: v for k, v in list(official.items())[1:]})
-    x = torch.randn(1, 1, 32, 32, 32)
+    x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         before = dynamics.autoencoder(x)
     # Train-like change of the LoRA factors, then fold them into plain weights with the official names.
@@ -94,7 +94,7 @@ def test_official_weights_load_into_lora_model_and_merge_back() -> None:
                 p.normal_(0, 1e-3)
     merged = {part: merged_state_dict(getattr(dynamics.autoencoder, part)) for part in ("encoder", "decoder")}
     assert list(merged["encoder"]) == list(official)
-    plain = TadpoleAutoencoder("S", crop_size=32).eval()
+    plain = TadpoleAutoencoder("S", crop_size=16).eval()
     plain.encoder.load_state_dict(merged["encoder"], strict=True)
     plain.decoder.load_state_dict(merged["decoder"], strict=True)
     with torch.no_grad():
@@ -104,7 +104,7 @@ def test_official_weights_load_into_lora_model_and_merge_back() -> None:
 
 
 def test_chunked_equals_unchunked_and_shape_errors() -> None:
-    x = torch.randn(1, 1, 64, 32, 32)
+    x = torch.randn(1, 1, 32, 16, 16)
     whole = TadpoleDynamics(_autoencoder(), num_channels=1, lora_rank=2, latent_depth=1).eval()
     chunked = TadpoleDynamics(_autoencoder(chunk_size=1), num_channels=1, lora_rank=2, latent_depth=1).eval()
     chunked.load_state_dict(whole.state_dict())
@@ -113,4 +113,4 @@ def test_chunked_equals_unchunked_and_shape_errors() -> None:
         chunked.skip_scales.fill_(0.5)
         torch.testing.assert_close(chunked(x), whole(x), **TOL)
     with pytest.raises(ValueError, match=r"\(batch, 1, x, y, z\)"):
-        whole(torch.randn(1, 2, 32, 32, 32))
+        whole(torch.randn(1, 2, 16, 16, 16))
