@@ -8,7 +8,7 @@ Coefficients (exponax ``GrayScott``): ``diffusivity_1`` nu1, default 2e-5; ``dif
 initial conditions start from u = 1, v = 0 with localized seeds (u = 1 - s/2, v = s/4 for a seed field s
 scaled to [0, 1]; ``blobs`` initial conditions suit it). The reaction ``u v^2`` is explicit (rate ~1, so
 dt <= 2); the pattern scale sqrt(nu2 / (f + k)) must span half a cell. Good values on a unit box at
-n = 64: nu1 1e-4-2e-4 with nu2 = nu1 / 2, f 0.02-0.05, k 0.055-0.065, dt 0.5-1, warm up a few hundred steps.
+n = 64: nu1 1e-4-2e-4 with nu2 = nu1 / 2, f 0.025-0.04, k 0.056-0.061 (higher f and k let v die out), dt 0.5-1, warm up a few hundred steps.
 """
 
 from __future__ import annotations

@@ -1,0 +1,186 @@
+"""PDE families: every config file builds a stable pool; physical invariants; bad-input errors.
+
+Loops over the registry and over conf/data/pde/*.yaml, so a new family or config adds its own tests.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import datagen
+from datagen import FamilySpec, ShardPool, get_pde, known_pdes, make_stepper
+from datagen.ic import gaussian_random_field
+from datagen.spectral import Grid, spectral_ops
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small FFTs on a shared 2-core machine: one thread avoids OpenMP contention (40x slower under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+CONFIGS = sorted((Path(__file__).parents[1] / "conf" / "data" / "pde").glob("*.yaml"))
+
+
+def _spec(path: Path) -> FamilySpec:
+    return FamilySpec(**OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+
+
+def test_every_family_has_a_config_with_its_name() -> None:
+    names = {p.stem for p in CONFIGS}
+    assert names == set(known_pdes())
+    for path in CONFIGS:
+        assert _spec(path).name == path.stem
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_pool_is_finite_and_rejects_nothing(path: Path) -> None:
+    spec = _spec(path)
+    pde = get_pde(spec.name)
+    d = 3 if 3 in pde.supported_dims else 2
+    pool = ShardPool(
+        [spec], num_spatial_dims=d, n=32 if d == 3 else 64, num_trajectories=2, refresh_fraction=0.0
+    )
+    for _ in range(4):
+        pool.advance()
+    fields = pool.families[0].current
+    assert torch.isfinite(fields).all()
+    assert pool.num_rejected == 0
+    assert fields.abs().max() < 50
+
+
+@pytest.mark.parametrize("name", known_pdes())
+def test_docstring_states_equation_and_coefficients(name: str) -> None:
+    pde = get_pde(name)
+    doc = type(pde).__module__
+    module_doc = __import__(doc, fromlist=["_"]).__doc__
+    assert "=" in module_doc  # the equation
+    for coefficient in pde.coefficients:
+        assert coefficient in module_doc, f"{name}: docstring does not name {coefficient}"
+
+
+def _smooth(grid: Grid, channels: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return gaussian_random_field(grid, 2, channels, powerlaw_exponent=4.0, generator=g)
+
+
+def test_navier_stokes_stays_divergence_free() -> None:
+    grid = Grid(3, 16, 1.0)
+    pde = get_pde("navier_stokes_velocity")
+    ops = spectral_ops(grid, pde.dealias)
+    u = pde.admissible(_smooth(grid, 3), ops)
+    step = make_stepper("navier_stokes_velocity", dim=3, n=16, dt=0.002, diffusivity=0.03)
+    u = step(u, 20)
+    div = grid.ifft((ops.ik * grid.fft(u)).sum(dim=1, keepdim=True))
+    assert u.abs().max() > 0.1
+    assert div.abs().max() < 1e-4 * u.abs().max() * grid.max_wavenumber()
+
+
+@pytest.mark.parametrize(
+    ("name", "dim", "n", "length", "dt", "coefficients"),
+    [
+        ("burgers_single_channel", 2, 32, 1.0, 0.002, {"diffusivity": 0.02}),
+        ("korteweg_de_vries", 1, 64, 20.0, 0.005, {}),
+        ("cahn_hilliard", 2, 32, 1.0, 5e-4, {"diffusivity": 0.003, "gamma": 5e-4}),
+        ("navier_stokes_velocity", 3, 16, 1.0, 0.002, {"diffusivity": 0.03}),
+        ("navier_stokes_vorticity", 2, 32, 1.0, 0.002, {"diffusivity": 1e-3}),
+        ("advection_diffusion", 2, 32, 1.0, 0.005, {}),
+    ],
+)
+def test_mean_is_conserved(name: str, dim: int, n: int, length: float, dt: float, coefficients: dict) -> None:
+    """These equations are in divergence form (or have zero-mean forcing), so the mean of u is conserved."""
+    pde = get_pde(name)
+    grid = Grid(dim, n, length)
+    u = pde.admissible(_smooth(grid, pde.num_channels(dim)), spectral_ops(grid, pde.dealias))
+    u = u * (0.5 if name == "cahn_hilliard" else 1.0) + 0.3
+    step = make_stepper(name, dim=dim, n=n, length=length, dt=dt, **coefficients)
+    v = step(u, 30)
+    dims = tuple(range(2, u.ndim))
+    assert (v - u).abs().max() > 1e-3  # it did evolve
+    torch.testing.assert_close(v.mean(dim=dims), u.mean(dim=dims), atol=1e-5, rtol=0)
+
+
+def test_inviscid_linear_advection_conserves_energy() -> None:
+    grid = Grid(2, 32, 1.0)
+    u = _smooth(grid)
+    v = make_stepper("advection", dim=2, n=32, dt=0.005, velocity=0.7)(u, 50)
+    torch.testing.assert_close(v.square().mean(), u.square().mean(), rtol=1e-5, atol=0)
+
+
+def test_gray_scott_stays_bounded() -> None:
+    spec = _spec(next(p for p in CONFIGS if p.stem == "gray_scott"))
+    pool = ShardPool([spec], num_spatial_dims=2, n=64, num_trajectories=2, refresh_fraction=0.0)
+    for _ in range(50):  # 200 solver steps, 100 time units
+        pool.advance()
+    fields = pool.families[0].current
+    assert pool.num_rejected == 0
+    assert fields.min() > -0.05 and fields.max() < 1.05
+    assert fields[:, 1].max() > 0.05  # the v species did not simply die out
+
+
+def test_unknown_pde_lists_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"burgers.*kuramoto_sivashinsky"):
+        make_stepper("navier_stokes_3d", dim=3, n=16, dt=0.1)
+
+
+def test_unknown_coefficient_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"viscosity.*diffusivity"):
+        make_stepper("burgers", dim=1, n=64, dt=0.001, viscosity=0.1)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "match"),
+    [
+        ("burgers", {"dt": 0.05, "diffusivity": 0.05}, r"CFL number.*above the limit 1.*dt <="),
+        (
+            "burgers",
+            {"dt": 0.001, "diffusivity": 0.001},
+            r"cell Reynolds.*above the limit 10.*diffusivity >=",
+        ),
+        ("diffusion", {"dt": 0.01, "diffusivity": -0.1}, r"diffusivity.*below the limit 0"),
+        ("allen_cahn", {"dt": 1.0}, r"stiffness.*above the limit 2"),
+        ("kuramoto_sivashinsky", {"dt": 0.05, "length": 200.0}, r"unstable band resolved.*below"),
+        ("navier_stokes_velocity", {"dt": 0.002, "drag": 0.5}, r"drag.*above the limit 0"),
+    ],
+)
+def test_out_of_range_input_names_value_and_limit(name: str, kwargs: dict, match: str) -> None:
+    length = kwargs.pop("length", 1.0)
+    dim = 3 if 3 in get_pde(name).supported_dims else 2
+    with pytest.raises(ValueError, match=match):
+        make_stepper(name, dim=dim, n=32, length=length, **kwargs)
+
+
+def test_config_outside_limits_fails_when_the_pool_is_built() -> None:
+    spec = FamilySpec("burgers", dt=0.05, coefficients={"diffusivity": [0.01, 0.03]})
+    with pytest.raises(ValueError, match="CFL"):
+        ShardPool([spec], n=32, num_trajectories=1)
+
+
+def test_wrong_dimension_is_refused() -> None:
+    with pytest.raises(ValueError, match="dim"):
+        make_stepper("navier_stokes_vorticity", dim=3, n=16, dt=0.001)
+
+
+def test_per_sample_coefficients_match_separate_runs() -> None:
+    grid = Grid(2, 32, 1.0)
+    u = _smooth(grid)
+    both = make_stepper(
+        "burgers_single_channel", dim=2, n=32, dt=0.002, diffusivity=torch.tensor([0.02, 0.04])
+    )(u, 5)
+    for i, nu in enumerate([0.02, 0.04]):
+        one = make_stepper("burgers_single_channel", dim=2, n=32, dt=0.002, diffusivity=nu)(u[i : i + 1], 5)
+        torch.testing.assert_close(both[i : i + 1], one, atol=1e-6, rtol=1e-5)
+
+
+def test_public_api_exports() -> None:
+    for name in datagen.__all__:
+        assert hasattr(datagen, name)
+    assert math.isfinite(get_pde("burgers").amplitude)
