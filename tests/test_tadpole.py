@@ -199,3 +199,14 @@ def test_latent_grid_is_one_sixteenth(model: TadpoleAutoencoder) -> None:
         y = model.decode(z)
     assert y.shape == (2, 2, 32, 64, 32)
     assert math.prod(y.shape[2:]) == 16**3 * math.prod(z.shape[2:])
+
+
+def test_channel_groups_for_multichannel_encoders() -> None:
+    model = TadpoleAutoencoder("S", crop_size=16, in_channels=2).eval()
+    assert model.encoder.conv_encoder.feature_embed.in_channels == 2
+    with torch.no_grad():
+        z = model.encode(torch.randn(1, 4, 16, 16, 16))
+        assert z.shape == (1, 2 * model.latent_channels, 1, 1, 1)
+        assert model.decode(z).shape == (1, 4, 16, 16, 16)
+    with pytest.raises(ValueError, match="3 channels cannot be split into groups of 2"):
+        model.encode(torch.randn(1, 3, 16, 16, 16))
