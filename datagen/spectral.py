@@ -167,13 +167,19 @@ def spectral_ops(grid: Grid, dealias: float = 2.0 / 3.0) -> SpectralOps:
 
 
 def etdrk_coefficients(
-    linear: torch.Tensor, dt: float, order: int, num_circle_points: int = 32, radius: float = 1.0
+    linear: torch.Tensor,
+    dt: float,
+    order: int,
+    num_circle_points: int = 32,
+    radius: float = 1.0,
+    double: bool = False,
 ) -> dict[str, torch.Tensor]:
     """ETDRK coefficients for the diagonal linear operator ``linear`` (a Fourier symbol) and step ``dt``.
 
     The phi-functions are averaged over ``num_circle_points`` on a circle of ``radius`` around ``dt * L``
     (contour-integral form), in complex128, and returned as tensors of ``linear``'s shape: complex64, or
     float32 when the symbol is real (purely diffusive/reactive), which halves the cost of every multiply.
+    ``double`` keeps float64/complex128 (for convergence studies).
     """
     if order not in (1, 2, 3, 4):
         raise ValueError(f"ETDRK order={order}; expected 1, 2, 3 or 4.")
@@ -204,8 +210,8 @@ def etdrk_coefficients(
         if order == 3:
             c["phi1"] = dt * mean((exp_lr - 1) / lr)
     if real:
-        return {name: value.real.to(torch.float32) for name, value in c.items()}
-    return {name: value.to(torch.complex64) for name, value in c.items()}
+        return {name: value.real.to(torch.float64 if double else torch.float32) for name, value in c.items()}
+    return {name: value.to(torch.complex128 if double else torch.complex64) for name, value in c.items()}
 
 
 NonlinearFn = Callable[[torch.Tensor], torch.Tensor]
