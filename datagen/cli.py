@@ -1,23 +1,133 @@
-"""pfm-datagen: generate PDE data outside training (``list`` now; shard writing and benchmarks follow)."""
+"""pfm-datagen: list PDE families, write webdataset shards, print generation throughput.
+
+Examples:
+    pfm-datagen list
+    pfm-datagen write --pde burgers --samples 1024 --out data/burgers --n 64 --crop 32
+    pfm-datagen write --pde navier_stokes_velocity --kind pairs --lag 2 --crop 0 --n 32 --samples 64 --out d
+    pfm-datagen bench --pde kuramoto_sivashinsky --n 64 --batch 4 --steps 20
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["load_family", "main"]
+
+_CONF = Path(__file__).resolve().parents[1] / "conf" / "data" / "pde"
+
+
+def load_family(name: str, config_dir: Path = _CONF):
+    """The :class:`FamilySpec` of ``name`` from ``conf/data/pde/<name>.yaml`` (or the family defaults)."""
+    from datagen.pdes import get_pde
+    from datagen.pool import FamilySpec
+
+    get_pde(name)  # unknown names list the known ones
+    path = config_dir / f"{name}.yaml"
+    if path.is_file():
+        from omegaconf import OmegaConf
+
+        return FamilySpec(**OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    raise ValueError(
+        f"No config {path} for PDE {name!r}; write one (see docs/new_pde.md) or pass --config-dir."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand."""
-    from datagen.pdes import known_pdes
-
-    parser = argparse.ArgumentParser(prog="pfm-datagen", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="pfm-datagen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="registered PDE families")
+    write = sub.add_parser("write", help="write webdataset tar shards")
+    write.add_argument("--pde", nargs="+", required=True, help="family names (configs from conf/data/pde)")
+    write.add_argument("--samples", type=int, required=True)
+    write.add_argument("--out", required=True)
+    write.add_argument("--kind", choices=["crops", "windows", "pairs"], default="crops")
+    write.add_argument("--n", type=int, default=64)
+    write.add_argument("--dims", type=int, default=3, help="num_spatial_dims")
+    write.add_argument("--crop", type=int, default=32, help="crop size; 0 keeps whole fields (windows/pairs)")
+    write.add_argument("--window", type=int, default=4)
+    write.add_argument("--lag", type=int, default=1)
+    write.add_argument("--batch", type=int, default=8, help="samples drawn per pool step")
+    write.add_argument("--num-trajectories", type=int, default=8)
+    write.add_argument("--samples-per-shard", type=int, default=256)
+    write.add_argument("--seed", type=int, default=0)
+    write.add_argument("--shard", type=int, default=0, help="data shard index (disjoint random streams)")
+    write.add_argument("--config-dir", type=Path, default=_CONF)
+    bench = sub.add_parser("bench", help="print generation throughput")
+    bench.add_argument("--pde", nargs="+", default=None, help="default: every family with a 3D config")
+    bench.add_argument("--n", type=int, default=32)
+    bench.add_argument("--batch", type=int, default=4)
+    bench.add_argument("--steps", type=int, default=10)
+    bench.add_argument("--crop", type=int, default=16)
+    bench.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    bench.add_argument("--config-dir", type=Path, default=_CONF)
     args = parser.parse_args(argv)
+
+    from datagen.pdes import get_pde, known_pdes
+
     if args.command == "list":
         print("\n".join(known_pdes()))
+        return 0
+    if args.command == "write":
+        from datagen.shards import write_shards
+
+        families = [load_family(name, args.config_dir) for name in args.pde]
+        paths = write_shards(
+            families,
+            args.out,
+            num_samples=args.samples,
+            samples_per_shard=args.samples_per_shard,
+            kind=args.kind,
+            crop=args.crop or None,
+            window=args.window,
+            lag=args.lag,
+            batch=args.batch,
+            pool_kwargs={
+                "n": args.n,
+                "num_spatial_dims": args.dims,
+                "num_trajectories": args.num_trajectories,
+                "seed": args.seed,
+                "shard": args.shard,
+            },
+        )
+        print(f"wrote {args.samples} samples in {len(paths)} shards to {args.out}")
+        return 0
+    import torch
+
+    from datagen.bench import pool_throughput, solver_throughput
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.pde or [p for p in known_pdes() if 3 in get_pde(p).supported_dims]
+    print(f"{'pde':28s} {'n':>4s} {'M gp-updates/s':>15s} {'crops/s':>9s} {'MiB/sample':>10s}")
+    for name in names:
+        spec = load_family(name, args.config_dir)
+        solver = solver_throughput(
+            name,
+            n=args.n,
+            batch=args.batch,
+            num_steps=args.steps,
+            dt=spec.dt,
+            length=spec.length or 1.0,
+            coefficients={
+                k: (v[0] if isinstance(v, (list, tuple)) else v) for k, v in spec.coefficients.items()
+            },
+        )
+        pool = pool_throughput(
+            spec,
+            n=args.n,
+            crop=min(args.crop, args.n),
+            batch=args.batch,
+            num_trajectories=args.batch,
+            num_batches=3,
+        )
+        print(
+            f"{name:28s} {args.n:4d} {solver['gp_updates_per_s'] / 1e6:15.2f} {pool['crops_per_s']:9.1f} {pool['bytes_per_sample'] / 2**20:10.2f}"
+        )
     return 0
 
 

@@ -283,7 +283,27 @@ class ShardPool:
             int(torch.randint(self.families[i].count, (1,), generator=g, device=self.device))
             for i in family_index
         ]
-        return g, list(zip(family_index, rows, strict=True))
+        self.last_sources = list(zip(family_index, rows, strict=True))
+        return g, self.last_sources
+
+    def provenance(self, family: int, row: int) -> dict[str, object]:
+        """JSON-ready description of trajectory ``row`` of ``family``: pde, coefficients, time, dt, grid."""
+        fam = self.families[family]
+        return {
+            "pde": fam.spec.name,
+            "coefficients": {k: float(v[row if v.shape[0] > 1 else 0]) for k, v in fam.values.items()},
+            "time": float(fam.times[row]),
+            "dt": fam.spec.dt,
+            "substeps": fam.spec.substeps,
+            "grid": {
+                "num_spatial_dims": fam.grid.num_spatial_dims,
+                "n": fam.grid.n,
+                "length": fam.grid.length,
+            },
+            "seed": self.seed,
+            "shard": self.shard,
+            "step": self.step,
+        }
 
     def _view(
         self, fam: _FamilyState, x: torch.Tensor, crop: int | None, augment: bool, g: torch.Generator

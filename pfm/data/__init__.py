@@ -1,8 +1,10 @@
-"""LightningDataModules: online PDE crops (and, later, shards and HDF5 readers).
+"""LightningDataModules: online PDE samples (crops, windows, pairs) and webdataset shards.
 
-Public names: ``OnlineCropDataModule``.
+Public names: ``OnlineCropDataModule``, ``OnlineWindowDataModule``, ``OnlinePairDataModule``,
+``ShardDataModule``.
 """
 
-from pfm.data.online import OnlineCropDataModule
+from pfm.data.online import OnlineCropDataModule, OnlinePairDataModule, OnlineWindowDataModule
+from pfm.data.shards import ShardDataModule
 
-__all__ = ["OnlineCropDataModule"]
+__all__ = ["OnlineCropDataModule", "OnlinePairDataModule", "OnlineWindowDataModule", "ShardDataModule"]

@@ -1,4 +1,8 @@
-"""LightningDataModule streaming random 3D crops from on-device PDE pools, with no disk in between."""
+"""LightningDataModules streaming samples from on-device PDE pools, with no disk in between.
+
+``OnlineCropDataModule`` yields single-channel 3D crops (Tadpole), ``OnlineWindowDataModule`` windows of
+consecutive frames with all fields (GPhyT) and ``OnlinePairDataModule`` lagged pairs (transfer operators).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from datagen import FamilySpec, ShardPool
 
-__all__ = ["OnlineCropDataModule"]
+__all__ = ["OnlineCropDataModule", "OnlinePairDataModule", "OnlineWindowDataModule"]
 
 
 def _family_specs(pdes: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]]) -> list[FamilySpec]:
@@ -56,6 +60,9 @@ class OnlineCropDataModule(L.LightningDataModule):
         standardize: bool = True,
         augment: bool = True,
         seed: int = 0,
+        num_spatial_dims: int = 3,
+        history: int = 1,
+        max_abs: float = 1e4,
     ) -> None:
         super().__init__()
         self.families = _family_specs(pdes)
@@ -65,7 +72,14 @@ class OnlineCropDataModule(L.LightningDataModule):
             raise ValueError(
                 f"data.crop={crop} is larger than the grid data.n={n}; set data.crop <= {n} or data.n >= {crop}."
             )
-        self.pool_kwargs = {"n": n, "length": length, "num_trajectories": num_trajectories}
+        self.pool_kwargs = {
+            "n": n,
+            "length": length,
+            "num_trajectories": num_trajectories,
+            "num_spatial_dims": num_spatial_dims,
+            "history": history,
+            "max_abs": max_abs,
+        }
         self.refresh_fraction = refresh_fraction
         self.crop = crop
         self.batch_size = batch_size
@@ -87,7 +101,11 @@ class OnlineCropDataModule(L.LightningDataModule):
     @property
     def spec(self) -> dict[str, int]:
         """Shapes that models take from the data: channels, crop size and number of spatial axes."""
-        return {"num_channels": 1, "crop_size": self.crop, "num_spatial_dims": 3}
+        return {
+            "num_channels": 1,
+            "crop_size": self.crop,
+            "num_spatial_dims": self.pool_kwargs["num_spatial_dims"],
+        }
 
     def _layout(self) -> tuple[int, int, list[int]]:
         trainer = self.trainer
@@ -126,18 +144,25 @@ class OnlineCropDataModule(L.LightningDataModule):
     def next_batch(self) -> dict[str, torch.Tensor]:
         """Advance the local pools and draw this process's slice of the next global batch."""
         start = time.perf_counter()
-        inputs, labels = [], []
+        parts = []
         for pool in self.pools:
             for _ in range(self.steps_per_batch):
                 pool.advance()
-            x, pde = pool.sample_crops(self.samples_per_shard, self.crop, augment=self.augment)
-            inputs.append(x)
-            labels.append(pde)
-        x = torch.cat(inputs)
-        if self.standardize:
-            x = _standardize(x)
+            parts.append(self.sample(pool, self.samples_per_shard, augment=self.augment))
+        batch = self.finish({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
         self.generation_seconds = time.perf_counter() - start
-        return {"input": x, "pde": torch.cat(labels)}
+        return batch
+
+    def sample(self, pool: ShardPool, batch: int, *, augment: bool) -> dict[str, torch.Tensor]:
+        """One shard's slice: ``input`` ``(batch, 1, crop, crop, crop)`` and ``pde`` ``(batch,)``."""
+        x, pde = pool.sample_crops(batch, self.crop, augment=augment)
+        return {"input": x, "pde": pde}
+
+    def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-sample standardization (when enabled) of the concatenated batch."""
+        if self.standardize:
+            batch["input"] = _standardize(batch["input"])
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         """An endless loader; the pools live on the device, so batches are produced in this process."""
@@ -159,8 +184,7 @@ class OnlineCropDataModule(L.LightningDataModule):
             )
             for _ in range(self.num_val_batches):
                 pool.advance()
-                x, pde = pool.sample_crops(self.samples_per_shard, self.crop, augment=False)
-                batches.append({"input": _standardize(x) if self.standardize else x, "pde": pde})
+                batches.append(self.finish(self.sample(pool, self.samples_per_shard, augment=False)))
         return DataLoader(batches, batch_size=None, num_workers=0)
 
     def state_dict(self) -> dict[str, Any]:
@@ -183,6 +207,75 @@ class OnlineCropDataModule(L.LightningDataModule):
                     "resume with the same data.num_data_shards."
                 )
             pool.load_state_dict(saved[pool.shard])
+
+
+class OnlineWindowDataModule(OnlineCropDataModule):
+    """Windows of ``window`` consecutive frames with all fields (GPhyT), from the same pools.
+
+    Batches: ``input`` ``(batch, window, channels, *grid_or_crop)`` (channels zero-padded to the largest
+    family's count), ``channel_mask`` ``(batch, channels)``, ``pde`` ``(batch,)``, ``dt`` ``(batch,)``.
+    ``crop=None`` keeps whole fields (rolled when augmenting). Fields are not standardized by default, so
+    that the dynamics keep their scale. The pools keep ``history = window`` frames.
+    """
+
+    def __init__(
+        self,
+        pdes: Any,
+        *,
+        window: int = 4,
+        crop: int | None = None,
+        n: int = 32,
+        standardize: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("history", window)
+        super().__init__(pdes, n=n, crop=crop if crop is not None else n, standardize=standardize, **kwargs)
+        self.window = window
+        self.window_crop = crop
+        if self.pool_kwargs["history"] < window:
+            raise ValueError(
+                f"data.history={self.pool_kwargs['history']} < data.window={window}; set history >= window."
+            )
+
+    @property
+    def spec(self) -> dict[str, int]:
+        """Shapes that models take from the data: channels, frames, spatial size and axes."""
+        from datagen import get_pde
+
+        d = self.pool_kwargs["num_spatial_dims"]
+        channels = max(get_pde(f.name).num_channels(d) for f in self.families)
+        size = self.window_crop or self.pool_kwargs["n"]
+        return {"num_channels": channels, "num_frames": self.window, "crop_size": size, "num_spatial_dims": d}
+
+    def sample(self, pool: ShardPool, batch: int, *, augment: bool) -> dict[str, torch.Tensor]:
+        """One shard's slice of windows."""
+        return pool.sample_windows(batch, self.window, crop=self.window_crop, augment=augment)
+
+    def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Standardize each sample over frames and space (when enabled)."""
+        if self.standardize:
+            batch["input"] = _standardize(batch["input"])
+        return batch
+
+
+class OnlinePairDataModule(OnlineWindowDataModule):
+    """Pairs ``(x_t, x_{t+lag})`` for transfer operators: ``input`` and ``target`` ``(batch, channels, *grid)``.
+
+    Also ``channel_mask``, ``pde``, ``dt`` (frame spacing) and ``lag`` ``(batch,)``.
+    """
+
+    def __init__(self, pdes: Any, *, lag: int = 1, **kwargs: Any) -> None:
+        kwargs.setdefault("history", lag + 1)
+        super().__init__(pdes, window=lag + 1, **kwargs)
+        self.lag = lag
+
+    def sample(self, pool: ShardPool, batch: int, *, augment: bool) -> dict[str, torch.Tensor]:
+        """One shard's slice of lagged pairs."""
+        return pool.sample_pairs(batch, self.lag, crop=self.window_crop, augment=augment)
+
+    def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pairs keep their physical scale (a transfer operator must see it)."""
+        return batch
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:
