@@ -1,0 +1,149 @@
+"""Generation throughput per PDE family, side by side with exponax (JAX, CPU) and torchfsm.
+
+Same equation, grid, dt, step count and batch for each library; prints M grid-point updates/s and the
+ratios pfm/exponax and pfm/torchfsm for diffusion, Burgers and Kuramoto-Sivashinsky in 3D, then pfm's own
+figures (solver gp-updates/s, pool crops/s, pool memory per sample) for every 3D family.
+
+    python benchmarks/datagen.py --n 64 --batch 4 --steps 20         # needs the `bench` extra
+    python benchmarks/datagen.py --n 64 128 --families-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+# This file is named like the package it measures; keep its folder off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from datagen.bench import pool_throughput, solver_throughput  # noqa: E402
+from datagen.cli import load_family  # noqa: E402
+from datagen.pdes import get_pde, known_pdes  # noqa: E402
+
+# name -> (coefficients, domain length, dt); the same equation in all three libraries.
+CASES = {
+    "diffusion": ({"diffusivity": 0.01}, 1.0, 0.01),
+    "burgers": ({"diffusivity": 0.02, "convection_scale": 1.0}, 1.0, 0.001),
+    "kuramoto_sivashinsky": ({}, 20.0, 0.005),
+}
+
+
+def _exponax(
+    name: str, n: int, length: float, dt: float, batch: int, steps: int, coefficients: dict
+) -> float:
+    import exponax as ex
+    import jax
+    import jax.numpy as jnp
+
+    if name == "diffusion":
+        stepper = ex.stepper.Diffusion(3, length, n, dt, diffusivity=coefficients["diffusivity"])
+        channels = 1
+    elif name == "burgers":
+        stepper = ex.stepper.Burgers(3, length, n, dt, diffusivity=coefficients["diffusivity"], order=4)
+        channels = 3
+    else:
+        stepper = ex.stepper.KuramotoSivashinsky(3, length, n, dt, order=4)
+        channels = 1
+    run = jax.jit(jax.vmap(lambda u: jax.lax.fori_loop(0, steps, lambda _, v: stepper(v), u)))
+    u = jnp.asarray(
+        np.random.default_rng(0).standard_normal((batch, channels, n, n, n)).astype(np.float32) * 0.1
+    )
+    run(u).block_until_ready()
+    best = math.inf
+    for _ in range(2):
+        start = time.perf_counter()
+        run(u).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return batch * n**3 * steps / best
+
+
+def _torchfsm(
+    name: str, n: int, length: float, dt: float, batch: int, steps: int, coefficients: dict
+) -> float:
+    from torchfsm import pde
+    from torchfsm.operator import Laplacian
+
+    if name == "diffusion":
+        op, channels = coefficients["diffusivity"] * Laplacian(), 1
+    elif name == "burgers":
+        op, channels = pde.Burgers(coefficients["diffusivity"]), 3
+    else:
+        op, channels = pde.KuramotoSivashinskyHighDim(), 1
+    mesh = [(0, length, n)] * 3
+    u = torch.randn(batch, channels, n, n, n) * 0.1
+    op.integrate(u, dt=dt, step=1, mesh=mesh)
+    best = math.inf
+    for _ in range(2):
+        start = time.perf_counter()
+        op.integrate(u, dt=dt, step=steps, mesh=mesh)
+        best = min(best, time.perf_counter() - start)
+    return batch * n**3 * steps / best
+
+
+def main() -> None:
+    """Parse arguments and print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, nargs="+", default=[64])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--families-only", action="store_true", help="skip the exponax/torchfsm comparison")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}, batch {args.batch}, steps {args.steps}")
+    if not args.families_only:
+        print(
+            f"{'pde':24s} {'n':>4s} {'pfm':>8s} {'exponax':>8s} {'torchfsm':>9s} {'/exponax':>9s} {'/torchfsm':>9s}  (M gp-updates/s)"
+        )
+        for n in args.n:
+            for name, (coefficients, length, dt) in CASES.items():
+                ours = solver_throughput(
+                    name,
+                    n=n,
+                    batch=args.batch,
+                    num_steps=args.steps,
+                    dt=dt,
+                    length=length,
+                    coefficients=coefficients,
+                )["gp_updates_per_s"]
+                theirs = _exponax(name, n, length, dt, args.batch, args.steps, coefficients)
+                fsm = _torchfsm(name, n, length, dt, args.batch, args.steps, coefficients)
+                print(
+                    f"{name:24s} {n:4d} {ours / 1e6:8.2f} {theirs / 1e6:8.2f} {fsm / 1e6:9.2f} {ours / theirs:9.2f} {ours / fsm:9.2f}",
+                    flush=True,
+                )
+    print(f"\n{'pde':28s} {'n':>4s} {'M gp-updates/s':>15s} {'crops/s':>9s} {'MiB/sample':>10s}")
+    for n in args.n:
+        for name in [p for p in known_pdes() if 3 in get_pde(p).supported_dims]:
+            spec = load_family(name)
+            coefficients = {
+                k: (v[0] if isinstance(v, (list, tuple)) else v) for k, v in spec.coefficients.items()
+            }
+            solver = solver_throughput(
+                name,
+                n=n,
+                batch=args.batch,
+                num_steps=max(2, args.steps // 4),
+                dt=spec.dt,
+                length=spec.length or 1.0,
+                coefficients=coefficients,
+                repeats=1,
+            )
+            pool = pool_throughput(
+                spec, n=n, crop=32, batch=args.batch, num_trajectories=args.batch, num_batches=2
+            )
+            print(
+                f"{name:28s} {n:4d} {solver['gp_updates_per_s'] / 1e6:15.2f} {pool['crops_per_s']:9.1f} {pool['bytes_per_sample'] / 2**20:10.2f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
