@@ -1,0 +1,123 @@
+"""Exact resume: a ``pfm-train`` process killed with SIGKILL at a random step and resumed with
+``resume=auto`` ends with bitwise the same weights as an uninterrupted run (one CPU process). Truncated
+checkpoints are skipped with a warning; a checkpoint of another model is refused, naming the mismatch."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pfm.checkpoints import find_resume_checkpoint, list_checkpoints, read_checkpoint
+
+STEPS = 10
+RUN = [
+    "data.n=16",
+    "data.crop=16",
+    "data.batch_size=2",
+    "data.num_trajectories=2",
+    "data.num_val_batches=1",
+    f"trainer.max_steps={STEPS}",
+    "trainer.val_check_interval=4",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "checkpoint_every_n_steps=3",
+    "checkpoint_keep_last=3",
+    "plots=false",
+    "logger=csv",
+]
+
+
+def _cmd(out: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pfm.train", *RUN, *args, f"hydra.run.dir={out}"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
+
+
+def _pfm_train(out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(out, *args), cwd=out, env=_env(), capture_output=True, text=True, timeout=600)
+
+
+def _final(out: Path) -> dict[str, torch.Tensor]:
+    checkpoint = read_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] == STEPS
+    return {k: v.clone() for k, v in checkpoint["state_dict"].items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: the same run, never interrupted."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    result = _pfm_train(out)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out
+
+
+def test_keeps_the_last_k_checkpoints_and_links_last(uninterrupted: Path) -> None:
+    names = [p.name for p in list_checkpoints(uninterrupted / "checkpoints")]
+    assert names == ["step0000006.ckpt", "step0000009.ckpt", "step0000010.ckpt"]
+    last = uninterrupted / "checkpoints" / "last.ckpt"
+    assert last.samefile(uninterrupted / "checkpoints" / "step0000010.ckpt")
+    assert not list((uninterrupted / "checkpoints").glob("*.tmp")), "temporaries are renamed away"
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_step_then_resume_auto_is_bitwise(uninterrupted: Path, tmp_path: Path) -> None:
+    rng = random.Random()
+    wait_for = rng.choice([3, 6])
+    proc = subprocess.Popen(
+        _cmd(tmp_path), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    target = tmp_path / "checkpoints" / f"step{wait_for:07d}.ckpt"
+    deadline = time.monotonic() + 300
+    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 0.4))  # die somewhere in the steps after that checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; raise STEPS"
+    assert target.exists()
+
+    result = _pfm_train(tmp_path, "resume=auto")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Resuming from" in result.stderr + result.stdout
+    resumed, reference = _final(tmp_path), _final(uninterrupted)
+    assert resumed.keys() == reference.keys()
+    for name, value in reference.items():
+        assert torch.equal(resumed[name], value), (
+            f"{name} differs after kill at >= step {wait_for} and resume"
+        )
+
+
+def test_truncated_checkpoint_is_skipped_with_a_warning(
+    uninterrupted: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(uninterrupted / "checkpoints", folder)
+    newest = folder / "step0000010.ckpt"
+    newest.unlink()  # break the hard link before truncating, so the reference stays whole
+    data = (uninterrupted / "checkpoints" / "step0000010.ckpt").read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="pfm.checkpoints"):
+        chosen = find_resume_checkpoint(folder)
+    assert chosen == folder / "step0000009.ckpt"
+    assert "step0000010.ckpt" in caplog.text and "truncated" in caplog.text
+
+
+def test_resume_from_another_model_fails_naming_the_mismatch(uninterrupted: Path, tmp_path: Path) -> None:
+    checkpoint = uninterrupted / "checkpoints" / "step0000009.ckpt"
+    result = _pfm_train(tmp_path, "model.width=8", f"resume={checkpoint}")
+    assert result.returncode != 0
+    assert "model.width: checkpoint has 16, this run has 8" in result.stderr, result.stderr[-3000:]
+    assert not list((tmp_path / "checkpoints").glob("step*")), "nothing was trained"
