@@ -5,7 +5,8 @@ Each (crop, backend) runs in a fresh process, so that peak memory is its own:
   before the first step (weights and input already allocated): the activation and gradient memory of a step.
 - CUDA: `torch.cuda.max_memory_allocated()` over all steps, minus the memory allocated before the first step.
 A step is forward + MSE loss + backward on random (batch, 1, crop, crop, crop) crops; float32, no optimizer.
-Throughput is batch / median step time (the median resists other load on a shared machine).
+Throughput is batch / median wall time of a step; on a shared machine also read the CPU time per step
+(process time over all threads, median), which other processes' load disturbs much less.
 
 Usage:
     python benchmarks/tadpole.py                       # S, crops 64 and 32, batch 2
@@ -56,19 +57,25 @@ def _worker(size: str, crop: int, backend: str, batch: int, steps: int, warmup: 
         base = _rss_mib()
     for _ in range(warmup):
         step()
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
         sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         sync()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     step_s = statistics.median(times)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"crops_per_s": batch / step_s, "step_s": step_s, "peak_mib": peak - base}
+    return {
+        "crops_per_s": batch / step_s,
+        "step_s": step_s,
+        "cpu_s": statistics.median(cpu_times),
+        "peak_mib": peak - base,
+    }
 
 
 def main() -> None:
@@ -99,6 +106,7 @@ def main() -> None:
     )
     header = (
         f"{'crop':>5} | {'sdpa crops/s':>12} {'math crops/s':>12} {'speed-up':>8} | "
+        f"{'sdpa CPU s':>10} {'math CPU s':>10} {'ratio':>6} | "
         f"{'sdpa MiB':>9} {'math MiB':>9} {'mem ratio':>9}"
     )
     print(header)
@@ -126,6 +134,7 @@ def main() -> None:
         print(
             f"{crop:>5} | {s['crops_per_s']:>12.3f} {m['crops_per_s']:>12.3f} "
             f"{s['crops_per_s'] / m['crops_per_s']:>7.2f}x | "
+            f"{s['cpu_s']:>10.2f} {m['cpu_s']:>10.2f} {s['cpu_s'] / m['cpu_s']:>6.2f} | "
             f"{s['peak_mib']:>9.0f} {m['peak_mib']:>9.0f} {s['peak_mib'] / m['peak_mib']:>9.2f}",
             flush=True,
         )
