@@ -68,7 +68,7 @@ def convection(ops: SpectralOps, scale: torch.Tensor) -> NonlinearFn:
     ik, ikm, mask = ops.ik, ops.ik_masked, ops.mask
 
     def fn(u_hat: torch.Tensor) -> torch.Tensor:
-        both = grid.ifft(torch.cat((u_hat * mask, _curl_hat(ikm, u_hat)), dim=1))
+        both = ops.ifft_dealiased(torch.cat((u_hat * mask, _curl_hat(ikm, u_hat)), dim=1))
         u, omega = both[:, :d], both[:, d:]
         products = torch.cat((_lamb_vector(u, omega), 0.5 * (u * u).sum(dim=1, keepdim=True)), dim=1)
         p_hat = grid.fft(products)
@@ -85,7 +85,7 @@ def single_channel_convection(ops: SpectralOps, scale: torch.Tensor) -> Nonlinea
     mask = ops.mask
 
     def fn(u_hat: torch.Tensor) -> torch.Tensor:
-        u = grid.ifft(u_hat * mask)
+        u = ops.ifft_dealiased(u_hat * mask)
         return weight * grid.fft(u * u)
 
     return fn
@@ -101,7 +101,7 @@ def gradient_norm(ops: SpectralOps, scale: torch.Tensor) -> NonlinearFn:
     factor = -0.5 * scale
 
     def fn(u_hat: torch.Tensor) -> torch.Tensor:
-        grad = grid.ifft(ikm * u_hat)  # (batch, d, ...) for a single-channel u
+        grad = ops.ifft_dealiased(ikm * u_hat)  # (batch, d, ...) for a single-channel u
         out = grid.fft((grad * grad).sum(dim=1, keepdim=True))
         return _zero_mean_mode(out.mul_(factor), grid.num_spatial_dims)
 
@@ -114,7 +114,7 @@ def polynomial(ops: SpectralOps, coefficients: list[torch.Tensor | float]) -> No
     mask = ops.mask
 
     def fn(u_hat: torch.Tensor) -> torch.Tensor:
-        u = grid.ifft(u_hat * mask)
+        u = ops.ifft_dealiased(u_hat * mask)
         value = torch.zeros_like(u) + coefficients[-1]
         for c in reversed(coefficients[:-1]):
             value = value * u + c
@@ -148,7 +148,7 @@ def projected_rotational_convection(ops: SpectralOps, forcing_hat: torch.Tensor 
     inverse = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
 
     def fn(u_hat: torch.Tensor) -> torch.Tensor:
-        both = grid.ifft(torch.cat((u_hat * mask, _curl_hat(ikm, u_hat)), dim=1))
+        both = ops.ifft_dealiased(torch.cat((u_hat * mask, _curl_hat(ikm, u_hat)), dim=1))
         lamb_hat = grid.fft(_lamb_vector(both[:, :d], both[:, d:]))
         div = (ik * lamb_hat).sum(dim=1, keepdim=True)
         out = lamb_hat + ik * (div * inverse)
@@ -169,7 +169,7 @@ def vorticity_convection(
     velocity = torch.cat((ikm[:, 1:2], -ikm[:, 0:1]), dim=1) * inverse
 
     def fn(w_hat: torch.Tensor) -> torch.Tensor:
-        fields = grid.ifft(torch.cat((velocity * w_hat, ikm * w_hat), dim=1))
+        fields = ops.ifft_dealiased(torch.cat((velocity * w_hat, ikm * w_hat), dim=1))
         transport = (fields[:, :2] * fields[:, 2:]).sum(dim=1, keepdim=True)
         out = grid.fft(transport).mul_(-scale)
         return out if forcing_hat is None else out + forcing_hat

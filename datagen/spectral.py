@@ -123,9 +123,21 @@ class Grid:
         """Real FFT over the spatial axes of ``(batch, channels, *grid)``."""
         return torch.fft.rfftn(u, dim=self.spatial_axes)
 
-    def ifft(self, u_hat: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`fft`: ``(batch, channels, *fourier_shape)`` to ``(batch, channels, *grid)``."""
-        return torch.fft.irfftn(u_hat, s=self.spatial_shape, dim=self.spatial_axes)
+    def ifft(self, u_hat: torch.Tensor, num_last_modes: int | None = None) -> torch.Tensor:
+        """Inverse of :meth:`fft`: ``(batch, channels, *fourier_shape)`` to ``(batch, channels, *grid)``.
+
+        Complex inverse transforms over the leading axes, then one real inverse over the last: on CPU this
+        is 2-3x faster than ``irfftn``, whose multi-axis real path copies its input several times. With
+        ``num_last_modes`` the caller promises that higher last-axis modes are zero (dealiased input), so
+        the complex transforms run on that slice only.
+        """
+        if self.num_spatial_dims == 1:
+            return torch.fft.irfft(u_hat, n=self.n, dim=-1)
+        if num_last_modes is not None and num_last_modes < u_hat.shape[-1]:
+            partial = torch.fft.ifftn(u_hat[..., :num_last_modes], dim=self.spatial_axes[:-1])
+            padded = torch.nn.functional.pad(partial, (0, u_hat.shape[-1] - num_last_modes))
+            return torch.fft.irfft(padded, n=self.n, dim=-1)
+        return torch.fft.irfft(torch.fft.ifftn(u_hat, dim=self.spatial_axes[:-1]), n=self.n, dim=-1)
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,15 @@ class SpectralOps:
     mask: torch.Tensor
     laplacian: torch.Tensor
     inverse_laplacian: torch.Tensor
+
+    @functools.cached_property
+    def num_kept_last_modes(self) -> int:
+        """How many last-axis Fourier modes survive the dealiasing mask."""
+        return int(self.mask[(0, 0, *([0] * (self.grid.num_spatial_dims - 1)))].sum())
+
+    def ifft_dealiased(self, u_hat: torch.Tensor) -> torch.Tensor:
+        """:meth:`Grid.ifft` of a spectrum already multiplied by ``mask`` (skips the zeroed last-axis modes)."""
+        return self.grid.ifft(u_hat, self.num_kept_last_modes)
 
     def derivative(self, axis: int, masked: bool = True) -> torch.Tensor:
         """``i k_axis`` as ``(1, 1, *fourier_shape)``, optionally dealiased."""

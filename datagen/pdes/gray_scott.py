@@ -56,7 +56,7 @@ class GrayScott(PDE):
         grid, mask = ops.grid, ops.mask
 
         def fn(w_hat: torch.Tensor) -> torch.Tensor:
-            w = grid.ifft(w_hat * mask)
+            w = ops.ifft_dealiased(w_hat * mask)
             r = w[:, :1] * w[:, 1:] * w[:, 1:]
             return grid.fft(torch.cat((feed_rate - r, r), dim=1))
 
