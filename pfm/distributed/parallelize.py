@@ -109,7 +109,8 @@ def prepare_model(
         if activation_checkpointing:
             _checkpointed(block)
         if compile:
-            block.compile()
+            # shapes are fixed by the crop size; dynamic shapes only add recompiles (and hit inductor bugs)
+            block.compile(dynamic=False)
     return model
 
 
