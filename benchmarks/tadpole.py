@@ -31,11 +31,16 @@ def _rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def _worker(size: str, crop: int, backend: str, batch: int, steps: int, warmup: int, device: str) -> dict:
+def _worker(
+    size: str, crop: int, backend: str, batch: int, steps: int, warmup: int, device: str, threads: int | None
+) -> dict:
     """Time `steps` training steps of one configuration in this process; return the figures."""
     import torch
 
     from pfm.models.tadpole import TadpoleAutoencoder
+
+    if threads:
+        torch.set_num_threads(threads)
 
     torch.manual_seed(0)
     model = TadpoleAutoencoder(size, crop_size=crop, attention_backend=backend).to(device).train()
@@ -89,6 +94,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, help="CPU threads per run (default: torch's default)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -102,7 +108,7 @@ def main() -> None:
     print(
         f"Tadpole-{args.size} forward+backward, batch {args.batch}, {args.steps} timed steps after "
         f"{args.warmup} warm-up, device {args.device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; memory = {memory}"
+        f"{args.threads or torch.get_num_threads()} threads; memory = {memory}"
     )
     header = (
         f"{'crop':>5} | {'sdpa crops/s':>12} {'math crops/s':>12} {'speed-up':>8} | "
@@ -122,6 +128,7 @@ def main() -> None:
                 steps=args.steps,
                 warmup=args.warmup,
                 device=args.device,
+                threads=args.threads,
             )
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", json.dumps(config)],
