@@ -19,8 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pfm.callbacks import LossCurvePlot, ReconstructionPlot, ThroughputMonitor
+from pfm.callbacks import ExamplePlot, LossCurvePlot, ThroughputMonitor
 from pfm.checkpoints import PeriodicCheckpoint, check_compatible, resolve_resume
+from pfm.checkpoints.pretrained import load_pretrained
 from pfm.distributed import GlobalLoss, StrategySetup, build_strategy
 
 __all__ = ["CONF_DIR", "build_model", "build_task", "main", "run"]
@@ -56,6 +57,8 @@ def build_task(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModul
     """Build the DataModule and the task (model, optional head, objective) described by ``cfg``."""
     datamodule = instantiate(cfg.data)
     model = build_model(cfg.model, datamodule.spec)
+    if cfg.get("init_from"):
+        load_pretrained(model, cfg.init_from)
     if cfg.get("head") and cfg.head.get("_target_"):
         head = instantiate(cfg.head, _partial_=True)
         model = head(model, **_accepted(head.func, datamodule.spec))
@@ -109,7 +112,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
         GlobalLoss(),
     ]
     if cfg.plots:
-        callbacks += [LossCurvePlot(output_dir), ReconstructionPlot(output_dir)]
+        callbacks += [LossCurvePlot(output_dir), ExamplePlot(output_dir)]
     trainer = instantiate(
         cfg.trainer,
         logger=loggers or False,
@@ -121,15 +124,15 @@ def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
     num_params = sum(p.numel() for p in task.parameters())
     num_trainable = sum(p.numel() for p in task.parameters() if p.requires_grad)
     log.info("Model: %s parameters, %s trainable", f"{num_params:,}", f"{num_trainable:,}")
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"num_parameters": num_params, "num_trainable_parameters": num_trainable})
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
     if trainer.is_global_zero:
         log.info("Run folder: %s", output_dir)
         log.info("  checkpoints: %s", checkpoint_dir)
         log.info("  metrics:     %s", output_dir / "csv" / "metrics.csv")
         if cfg.plots:
-            log.info(
-                "  pictures:    %s, %s", output_dir / "reconstruction.png", output_dir / "loss_curve.png"
-            )
+            log.info("  pictures:    %s", ", ".join(str(p) for p in sorted(output_dir.glob("*.png"))))
     return trainer
 
 

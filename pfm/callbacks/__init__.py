@@ -1,9 +1,9 @@
 """Lightning callbacks: plots and throughput monitoring.
 
-Public names: ``LossCurvePlot``, ``ReconstructionPlot``, ``ThroughputMonitor``.
+Public names: ``LossCurvePlot``, ``ExamplePlot``, ``ThroughputMonitor``.
 """
 
-from pfm.callbacks.plots import LossCurvePlot, ReconstructionPlot
+from pfm.callbacks.plots import ExamplePlot, LossCurvePlot
 from pfm.callbacks.throughput import ThroughputMonitor
 
-__all__ = ["LossCurvePlot", "ReconstructionPlot", "ThroughputMonitor"]
+__all__ = ["ExamplePlot", "LossCurvePlot", "ThroughputMonitor"]

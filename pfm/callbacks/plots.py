@@ -1,4 +1,4 @@
-"""End-of-run pictures: input/reconstruction slices and the training loss curve, as PNGs in the run folder."""
+"""End-of-run pictures: the task's example slices (reconstructions, rollouts) and the loss curve, as PNGs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from pfm.io import atomic_path
 
-__all__ = ["LossCurvePlot", "ReconstructionPlot"]
+__all__ = ["ExamplePlot", "LossCurvePlot", "write_panels"]
 
 
 def _figure():
@@ -62,40 +62,56 @@ class LossCurvePlot(L.Callback):
         self.losses = list(state_dict["losses"])
 
 
-class ReconstructionPlot(L.Callback):
-    """Writes ``reconstruction.png``: central slices of validation inputs and the model's outputs."""
+class ExamplePlot(L.Callback):
+    """Writes the task's example picture at the end of training (e.g. ``reconstruction.png``, ``rollout.png``).
 
-    def __init__(
-        self, out_dir: str | Path, num_samples: int = 4, filename: str = "reconstruction.png"
-    ) -> None:
-        self.path = Path(out_dir) / filename
-        self.num_samples = num_samples
+    The task's ``example_panels(batch)`` returns a file name and rows of 2D slices ``{label: (N, H, W)}``;
+    each row is drawn with the colour range of the first row's matching column, so truth and prediction
+    are comparable.
+    """
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.written: Path | None = None
 
     @torch.no_grad()
     def on_train_end(self, trainer, pl_module) -> None:
-        """Run the model on the first validation batch and plot the mid-z slices."""
-        if not trainer.is_global_zero or trainer.datamodule is None:
+        """Run the task on the first validation batch and save its panels (rank 0 only)."""
+        if (
+            not trainer.is_global_zero
+            or trainer.datamodule is None
+            or not hasattr(pl_module, "example_panels")
+        ):
             return
         batch = next(iter(trainer.datamodule.val_dataloader()))
-        x = batch["input"][: self.num_samples].to(pl_module.device)
+        batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         was_training = pl_module.training
         pl_module.eval()
-        y = pl_module(x).float()
+        filename, rows = pl_module.example_panels(batch)
         pl_module.train(was_training)
-        mid = x.shape[-1] // 2
-        plt = _figure()
-        fig, axes = plt.subplots(2, x.shape[0], figsize=(2.2 * x.shape[0], 4.6), squeeze=False)
-        for i in range(x.shape[0]):
-            a, b = x[i, 0, :, :, mid].cpu(), y[i, 0, :, :, mid].cpu()
-            lo, hi = float(a.min()), float(a.max())
-            axes[0, i].imshow(a, vmin=lo, vmax=hi, cmap="RdBu_r")
-            axes[1, i].imshow(b, vmin=lo, vmax=hi, cmap="RdBu_r")
-            for ax in axes[:, i]:
-                ax.set_xticks([])
-                ax.set_yticks([])
-        axes[0, 0].set_ylabel("input")
-        axes[1, 0].set_ylabel("reconstruction")
-        fig.tight_layout()
-        with atomic_path(self.path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
+        self.written = self.out_dir / filename
+        write_panels(rows, self.written)
+
+
+def write_panels(rows: dict[str, torch.Tensor], path: Path) -> None:
+    """Draw ``{label: (N, H, W)}`` as a grid of images, one row per label, and save it atomically as PNG."""
+    plt = _figure()
+    labels = list(rows)
+    num_cols = rows[labels[0]].shape[0]
+    fig, axes = plt.subplots(
+        len(labels), num_cols, figsize=(2.2 * num_cols, 2.3 * len(labels)), squeeze=False
+    )
+    for col in range(num_cols):
+        reference = rows[labels[0]][col].float().cpu()
+        lo, hi = float(reference.min()), float(reference.max())
+        for row, label in enumerate(labels):
+            ax = axes[row, col]
+            ax.imshow(rows[label][col].float().cpu(), vmin=lo, vmax=hi, cmap="RdBu_r")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(label)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

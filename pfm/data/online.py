@@ -20,8 +20,9 @@ __all__ = ["OnlineCropDataModule", "OnlinePairDataModule", "OnlineWindowDataModu
 
 
 def _family_specs(pdes: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]]) -> list[FamilySpec]:
+    """Family specs from ``data.pdes``; an entry set to null (``data.pdes.<name>=null``) drops that family."""
     items = pdes.values() if isinstance(pdes, Mapping) else pdes
-    return [FamilySpec(**dict(item)) for item in items]
+    return [FamilySpec(**dict(item)) for item in items if item is not None]
 
 
 class _CropStream(IterableDataset):

@@ -1,11 +1,13 @@
 """Models: plain ``nn.Module``s with no Lightning, Hydra or I/O.
 
-Public names: ``ConvVAE``.
+Public names: ``ConvVAE``, ``PatchDiscriminator3d``, ``TadpoleAutoencoder``, ``TadpoleEncoder``,
+``TadpoleDecoder``.
 """
 
 from pfm.models.conv_vae import ConvVAE
+from pfm.models.discriminator import PatchDiscriminator3d
 
-__all__ = ["ConvVAE"]
+__all__ = ["ConvVAE", "PatchDiscriminator3d"]
 
 from pfm.models.tadpole import TadpoleAutoencoder, TadpoleDecoder, TadpoleEncoder
 

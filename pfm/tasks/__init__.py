@@ -1,9 +1,11 @@
 """Tasks: thin LightningModules, one per training objective, handed built models and optimizers.
 
-Public names: ``AutoencoderTask``, ``nrmse``.
+Public names: ``Task`` (the shared base), ``AutoencoderTask``, ``DynamicsTask``, ``nrmse``, ``schedules``.
 """
 
 from pfm.tasks import schedules
 from pfm.tasks.autoencoder import AutoencoderTask, nrmse
+from pfm.tasks.base import Task
+from pfm.tasks.dynamics import DynamicsTask
 
-__all__ = ["AutoencoderTask", "nrmse", "schedules"]
+__all__ = ["AutoencoderTask", "DynamicsTask", "Task", "nrmse", "schedules"]

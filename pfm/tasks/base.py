@@ -1,0 +1,49 @@
+"""What every pfm task shares: a built model, an optimizer partial and an optional scheduler partial."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+
+__all__ = ["Task"]
+
+
+class Task(L.LightningModule):
+    """Base LightningModule: holds the model and builds the optimizer over its trainable parameters.
+
+    ``optimizer`` is a partial taking the parameters (``_partial_: true`` in conf/task/); ``scheduler`` a
+    partial taking the optimizer, stepped every training step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        pde_names: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.pde_names = list(pde_names)
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Stop with a clear error instead of training on a NaN or infinite loss."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Non-finite training loss {loss.item()} at step {self.global_step}; lower the learning rate "
+                "(task.optimizer.lr) or enable gradient clipping (trainer.gradient_clip_val)."
+            )
+
+    def configure_optimizers(self):
+        """The optimizer over trainable parameters, and the per-step scheduler if one is configured."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
