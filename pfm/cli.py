@@ -1,4 +1,4 @@
-"""pfm: utilities around training (``pfm info`` now; download, export and evaluate join as they land)."""
+"""pfm: utilities around training: ``pfm info``, ``pfm export CKPT --out DIR`` (download, evaluate to come)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,26 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pfm.checkpoints import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out)
+    for name in ("model.safetensors", "config.yaml", "README.md", "SHA256SUMS"):
+        print(out / name)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand."""
     parser = argparse.ArgumentParser(prog="pfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and registered PDE families").set_defaults(func=_info)
+    export = sub.add_parser(
+        "export", help="turn a training checkpoint (file or ZeRO shards) into safetensors, config, model card"
+    )
+    export.add_argument("checkpoint", help="a step*.ckpt / last.ckpt file or DeepSpeed checkpoint folder")
+    export.add_argument("--out", required=True, help="output folder (created if missing)")
+    export.set_defaults(func=_export)
     args = parser.parse_args(argv)
     return args.func(args)
 
