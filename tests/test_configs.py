@@ -48,8 +48,13 @@ def test_every_group_has_options() -> None:
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_option_composes_and_builds(group: str, option: str) -> None:
     cfg = _compose([f"{group}={option}"])
-    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    missing = OmegaConf.missing_keys(cfg)
+    # An option may leave a value for the user to fill (data=shards needs data.path); nothing else may.
+    assert all(key.startswith(f"{group}.") for key in missing), f"unexpected missing values: {missing}"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     assert set(GROUPS[:-1]) <= set(resolved), "every group is present after composition"
+    if missing:
+        return
     datamodule = instantiate(cfg.data)
     with torch.device("meta"):  # shapes and wiring only; no memory for large models
         model = build_model(cfg.model, datamodule.spec)
