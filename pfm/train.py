@@ -42,15 +42,21 @@ def _accepted(target: Any, available: Mapping[str, Any]) -> dict[str, Any]:
 def build_model(model_cfg: DictConfig, spec: Mapping[str, Any]) -> Any:
     """Instantiate ``model_cfg`` with the data-derived shapes in ``spec`` that its constructor accepts."""
     target = get_method(model_cfg._target_)
-    model = instantiate(model_cfg, **_accepted(target, spec))
     crop = spec.get("crop_size")
-    factor = getattr(model, "downsample_factor", 1)
+    # Checked before and after construction: a class-level factor fails before any weights are allocated.
+    _check_divisible(crop, getattr(target, "downsample_factor", 1))
+    model = instantiate(model_cfg, **_accepted(target, spec))
+    _check_divisible(crop, getattr(model, "downsample_factor", 1))
+    return model
+
+
+def _check_divisible(crop: int | None, factor: int) -> None:
     if crop is not None and crop % factor:
+        lower = max(factor, crop // factor * factor)
         raise ValueError(
             f"data.crop={crop} is not divisible by the model's downsampling factor {factor}; "
-            f"choose a multiple of {factor}, e.g. data.crop={max(factor, crop // factor * factor)}."
+            f"choose a multiple of {factor}, e.g. data.crop={lower} or data.crop={lower + factor}."
         )
-    return model
 
 
 def build_task(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:

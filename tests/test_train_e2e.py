@@ -80,7 +80,7 @@ def test_crop_not_divisible_by_downsampling_fails_before_training(
 ) -> None:
     result = _pfm_train([*tiny_run, "data.crop=14", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
     assert result.returncode != 0
-    assert "14" in result.stderr and "downsampling factor 4" in result.stderr
+    assert "data.crop=14" in result.stderr and "downsampling factor 16" in result.stderr
     assert not (tmp_path / "checkpoints").exists()
 
 
