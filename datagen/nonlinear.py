@@ -1,10 +1,11 @@
 """Reusable pseudo-spectral nonlinear terms: convection, gradient norm, polynomial, projected convection.
 
 Each builder takes the grid's cached :class:`~datagen.spectral.SpectralOps` and per-sample coefficient
-tensors ``(batch|1, 1, 1, ...)`` and returns ``u_hat -> FFT(N(u))`` on ``(batch, channels, *fourier_shape)``.
-The FFT count per evaluation is what sets the cost of a step, so every builder batches its transforms into
-one inverse and one forward FFT call, and folds dealiasing into the derivative symbols (``ik_masked``).
-Signs follow exponax: all terms are on the right-hand side, ``u_t = L u + N(u)``.
+tensors ``(batch|1, 1, 1, ...)`` and returns a function from the slab ``u_hat[..., :num_kept]`` to the
+dealiased slab of ``FFT(N(u))``, both ``(batch, channels, ..., num_kept)`` (see ``SpectralOps``). FFTs set
+the cost of a step, so every builder batches its transforms into one inverse and one forward call on the
+slab, and folds dealiasing into the derivative symbols (``ik_masked_slab``). Signs follow exponax: all terms
+are on the right-hand side, ``u_t = L u + N(u)``.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ def cross_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _curl_hat(ik: torch.Tensor, u_hat: torch.Tensor) -> torch.Tensor:
-    """Vorticity of ``(batch, d, ...)`` velocity in Fourier space: ``(batch, 3, ...)`` in 3D, ``(batch, 1, ...)`` in 2D."""
+    """Vorticity of ``(batch, d, ...)`` velocity in Fourier space: 3 channels in 3D, 1 in 2D."""
     if u_hat.shape[1] == 3:
-        return cross_product(ik.expand(1, 3, *ik.shape[2:]), u_hat)
+        return cross_product(ik, u_hat)
     return ik[:, 0:1] * u_hat[:, 1:2] - ik[:, 1:2] * u_hat[:, 0:1]
 
 
@@ -61,17 +62,16 @@ def convection(ops: SpectralOps, scale: torch.Tensor) -> NonlinearFn:
     Uses ``(u . grad) u = grad(|u|^2 / 2) - u x curl(u)``, valid for any vector field, so that a 3D
     evaluation costs 6 inverse and 4 forward channel-FFTs instead of 12 and 3. In 1D, ``-scale/2 (u^2)_x``.
     """
-    grid = ops.grid
-    d = grid.num_spatial_dims
+    d = ops.grid.num_spatial_dims
     if d == 1:
         return single_channel_convection(ops, scale)
-    ik, ikm, mask = ops.ik, ops.ik_masked, ops.mask
+    ik, ikm, mask = ops.ik_slab, ops.ik_masked_slab, ops.mask_slab
 
     def fn(u_hat: torch.Tensor) -> torch.Tensor:
-        both = ops.ifft_dealiased(torch.cat((u_hat * mask, _curl_hat(ikm, u_hat)), dim=1))
+        both = ops.ifft_slab(torch.cat((u_hat * mask, _curl_hat(ikm, u_hat)), dim=1))
         u, omega = both[:, :d], both[:, d:]
         products = torch.cat((_lamb_vector(u, omega), 0.5 * (u * u).sum(dim=1, keepdim=True)), dim=1)
-        p_hat = grid.fft(products)
+        p_hat = ops.fft_slab(products)
         return scale * (p_hat[:, :d] - ik * p_hat[:, d:])
 
     return fn
@@ -79,14 +79,13 @@ def convection(ops: SpectralOps, scale: torch.Tensor) -> NonlinearFn:
 
 def single_channel_convection(ops: SpectralOps, scale: torch.Tensor) -> NonlinearFn:
     """``N(u) = -scale/2 sum_j d_j (u^2)`` for a scalar ``u`` (exponax single-channel convection)."""
-    grid = ops.grid
     # The sum of the derivative symbols, scaled once here instead of on every call.
-    weight = -0.5 * scale * ops.ik.sum(dim=1, keepdim=True)
-    mask = ops.mask
+    weight = -0.5 * scale * ops.ik_slab.sum(dim=1, keepdim=True)
+    mask = ops.mask_slab
 
     def fn(u_hat: torch.Tensor) -> torch.Tensor:
-        u = ops.ifft_dealiased(u_hat * mask)
-        return weight * grid.fft(u * u)
+        u = ops.ifft_slab(u_hat * mask)
+        return weight * ops.fft_slab(u * u)
 
     return fn
 
@@ -96,31 +95,35 @@ def gradient_norm(ops: SpectralOps, scale: torch.Tensor) -> NonlinearFn:
 
     One batched inverse FFT of the ``d`` gradient components and one forward FFT per evaluation.
     """
-    grid = ops.grid
-    ikm = ops.ik_masked
+    ikm = ops.ik_masked_slab
     factor = -0.5 * scale
+    d = ops.grid.num_spatial_dims
 
     def fn(u_hat: torch.Tensor) -> torch.Tensor:
-        grad = ops.ifft_dealiased(ikm * u_hat)  # (batch, d, ...) for a single-channel u
-        out = grid.fft((grad * grad).sum(dim=1, keepdim=True))
-        return _zero_mean_mode(out.mul_(factor), grid.num_spatial_dims)
+        grad = ops.ifft_slab(ikm * u_hat)  # (batch, d, ...) for a single-channel u
+        out = ops.fft_slab((grad * grad).sum(dim=1, keepdim=True))
+        return _zero_mean_mode(out.mul_(factor), d)
 
     return fn
 
 
 def polynomial(ops: SpectralOps, coefficients: list[torch.Tensor | float]) -> NonlinearFn:
     """``N(u) = sum_p c_p u^p`` (``coefficients[p]`` for power p), evaluated pointwise by Horner's rule."""
-    grid = ops.grid
-    mask = ops.mask
+    mask = ops.mask_slab
 
     def fn(u_hat: torch.Tensor) -> torch.Tensor:
-        u = ops.ifft_dealiased(u_hat * mask)
+        u = ops.ifft_slab(u_hat * mask)
         value = torch.zeros_like(u) + coefficients[-1]
         for c in reversed(coefficients[:-1]):
             value = value * u + c
-        return grid.fft(value)
+        return ops.fft_slab(value)
 
     return fn
+
+
+def _projection_inverse(ik: torch.Tensor) -> torch.Tensor:
+    k2 = (ik.imag**2).sum(dim=1, keepdim=True)
+    return torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
 
 
 def leray_project(ops: SpectralOps, f_hat: torch.Tensor) -> torch.Tensor:
@@ -129,31 +132,29 @@ def leray_project(ops: SpectralOps, f_hat: torch.Tensor) -> torch.Tensor:
     Built from the same derivative symbols as the divergence, so ``div`` of the result is zero to round-off.
     """
     ik = ops.ik
-    k2 = (ik.imag**2).sum(dim=1, keepdim=True)
-    inverse = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
     div = (ik * f_hat).sum(dim=1, keepdim=True)
-    return f_hat + ik * (div * inverse)
+    return f_hat + ik * (div * _projection_inverse(ik))
 
 
 def projected_rotational_convection(ops: SpectralOps, forcing_hat: torch.Tensor | None = None) -> NonlinearFn:
     """``N(u) = P(u x curl u) + f``: incompressible convection in rotational form (exponax NS velocity).
 
-    ``forcing_hat`` ``(batch|1, 1, *fourier_shape)``, if given, is a divergence-free forcing of channel 0. 3D: 6 inverse and 3 forward channel-FFTs per evaluation; the Leray projection P removes the gradient
-    part (pressure and kinetic energy) in Fourier space.
+    ``forcing_hat`` ``(batch|1, 1, *fourier_shape)``, if given, is a divergence-free forcing of channel 0. 3D:
+    6 inverse and 3 forward channel-FFTs per evaluation; the Leray projection P removes the gradient part
+    (pressure and kinetic energy) in Fourier space.
     """
-    grid = ops.grid
-    d = grid.num_spatial_dims
-    ik, ikm, mask = ops.ik, ops.ik_masked, ops.mask
-    k2 = (ik.imag**2).sum(dim=1, keepdim=True)
-    inverse = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
+    d = ops.grid.num_spatial_dims
+    ik, ikm, mask = ops.ik_slab, ops.ik_masked_slab, ops.mask_slab
+    inverse = _projection_inverse(ik)
+    forcing = None if forcing_hat is None else ops.slab(forcing_hat) * mask
 
     def fn(u_hat: torch.Tensor) -> torch.Tensor:
-        both = ops.ifft_dealiased(torch.cat((u_hat * mask, _curl_hat(ikm, u_hat)), dim=1))
-        lamb_hat = grid.fft(_lamb_vector(both[:, :d], both[:, d:]))
+        both = ops.ifft_slab(torch.cat((u_hat * mask, _curl_hat(ikm, u_hat)), dim=1))
+        lamb_hat = ops.fft_slab(_lamb_vector(both[:, :d], both[:, d:]))
         div = (ik * lamb_hat).sum(dim=1, keepdim=True)
-        out = lamb_hat + ik * (div * inverse)
-        if forcing_hat is not None:
-            out[:, 0:1] += forcing_hat
+        out = lamb_hat.add_(ik * (div * inverse))
+        if forcing is not None:
+            out[:, 0:1] += forcing
         return out
 
     return fn
@@ -162,16 +163,16 @@ def projected_rotational_convection(ops: SpectralOps, forcing_hat: torch.Tensor 
 def vorticity_convection(
     ops: SpectralOps, scale: torch.Tensor, forcing_hat: torch.Tensor | None = None
 ) -> NonlinearFn:
-    """2D ``N(w) = -scale (u . grad) w + f`` with ``u = (d_y psi, -d_x psi)``, ``psi = lap^-1 w`` (exponax form)."""
-    grid = ops.grid
-    ikm, inverse = ops.ik_masked, ops.inverse_laplacian
+    """2D ``N(w) = -scale (u . grad) w + f`` with ``u = (d_y psi, -d_x psi)``, ``psi = lap^-1 w`` (exponax)."""
+    ikm = ops.ik_masked_slab
     # Velocity symbols from the vorticity: (i k_y, -i k_x) / lap, with dealiasing folded in.
-    velocity = torch.cat((ikm[:, 1:2], -ikm[:, 0:1]), dim=1) * inverse
+    velocity = torch.cat((ikm[:, 1:2], -ikm[:, 0:1]), dim=1) * ops.inverse_laplacian_slab
+    forcing = None if forcing_hat is None else ops.slab(forcing_hat) * ops.mask_slab
 
     def fn(w_hat: torch.Tensor) -> torch.Tensor:
-        fields = ops.ifft_dealiased(torch.cat((velocity * w_hat, ikm * w_hat), dim=1))
+        fields = ops.ifft_slab(torch.cat((velocity * w_hat, ikm * w_hat), dim=1))
         transport = (fields[:, :2] * fields[:, 2:]).sum(dim=1, keepdim=True)
-        out = grid.fft(transport).mul_(-scale)
-        return out if forcing_hat is None else out + forcing_hat
+        out = ops.fft_slab(transport).mul_(-scale)
+        return out if forcing is None else out + forcing
 
     return fn

@@ -168,8 +168,8 @@ class _FamilyState:
             # a resumed pool recomputes these weights, so they must not depend on which rows were grouped.
             for i, row in enumerate(rows.tolist()):
                 fresh = etdrk_coefficients(linear[i : i + 1], self.spec.dt, self.stepper.order)
-                for name, value in fresh.items():
-                    self.stepper.coefficients[name][row] = value[0]
+                for name, target in self.stepper.coefficients.items():
+                    target[row] = fresh[name][0]
         self._rebuild_nonlinear()
 
     def _stepper_for(self, rows: torch.Tensor):

@@ -28,7 +28,7 @@ def build_stepper(
     ops = spectral_ops(grid, pde.dealias)
     linear = pde.linear(ops, **values)
     nonlinear = None if pde.is_linear else pde.nonlinear(ops, **values)
-    return ETDRKStepper.from_linear(grid, linear, nonlinear, dt=dt, order=order)
+    return ETDRKStepper.from_linear(grid, linear, nonlinear, dt=dt, order=order, num_kept=ops.num_kept)
 
 
 def make_stepper(

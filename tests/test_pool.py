@@ -163,3 +163,28 @@ def test_window_frames_are_consecutive_solver_steps() -> None:
 def test_crop_larger_than_grid_is_refused() -> None:
     with pytest.raises(ValueError, match=r"data.crop=32 is larger than the grid data.n=16"):
         OnlineCropDataModule([DIFFUSION], n=16, crop=32)
+
+
+@pytest.mark.parametrize("config", ["online_crops", "online_windows", "online_pairs"])
+def test_data_configs_compose_and_yield_a_batch(config: str) -> None:
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    conf = str(Path(__file__).parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base=None):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"data={config}",
+                "data.n=32",
+                "data.batch_size=2",
+                "data.num_trajectories=1",
+                "data.crop=8",
+            ],
+        )
+    dm = instantiate(cfg.data)
+    dm.setup()
+    batch = dm.next_batch()
+    assert batch["input"].shape[0] == 2 and torch.isfinite(batch["input"]).all()

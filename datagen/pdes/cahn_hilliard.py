@@ -58,7 +58,7 @@ class CahnHilliard(PDE):
     ) -> Callable:
         """``nu Δ(c3 u^3)``."""
         cubic = polynomial(ops, [0.0, 0.0, 0.0, third_order_coefficient])
-        weight = diffusivity * ops.laplacian
+        weight = diffusivity * ops.laplacian_slab
         return lambda u_hat: weight * cubic(u_hat)
 
     def admissible(self, u: torch.Tensor, ops: SpectralOps) -> torch.Tensor:

@@ -53,12 +53,12 @@ class GrayScott(PDE):
 
     def nonlinear(self, ops: SpectralOps, feed_rate: torch.Tensor, **_: torch.Tensor) -> Callable:
         """``(f - u v^2, u v^2)``; the constant feed is added in real space."""
-        grid, mask = ops.grid, ops.mask
+        mask = ops.mask_slab
 
         def fn(w_hat: torch.Tensor) -> torch.Tensor:
-            w = ops.ifft_dealiased(w_hat * mask)
+            w = ops.ifft_slab(w_hat * mask)
             r = w[:, :1] * w[:, 1:] * w[:, 1:]
-            return grid.fft(torch.cat((feed_rate - r, r), dim=1))
+            return ops.fft_slab(torch.cat((feed_rate - r, r), dim=1))
 
         return fn
 
