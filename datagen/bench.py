@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 
@@ -47,6 +48,8 @@ def pool_throughput(
     spec: FamilySpec, *, n: int, crop: int, batch: int, num_trajectories: int, num_batches: int
 ) -> dict[str, float]:
     """Crops/s of a one-family pool advanced once per batch (all trajectories stepped), and bytes per sample."""
+    # Steady state: no warm-up at start and no refresh, so that every batch costs one step of every trajectory.
+    spec = dataclasses.replace(spec, warmup_steps=0)
     pool = ShardPool([spec], n=n, num_trajectories=num_trajectories, refresh_fraction=0.0)
     pool.advance()
     start = time.perf_counter()

@@ -114,9 +114,18 @@ class _FamilyState:
         check_limits(self.pde, grid, spec.dt, spec.order, spec.ranges())
         self.varying = any(isinstance(v, Sequence) for v in spec.coefficients.values())
         rows = num_trajectories if self.varying else 1
+        # ETDRK weights (6 Fourier-grid tensors for ETDRK4) are kept per trajectory only when the linear
+        # symbol depends on a coefficient that varies; otherwise one shared copy serves all rows.
+        corners = [{k: as_coefficient(v[i], grid) for k, v in spec.ranges().items()} for i in (0, 1)]
+        self.linear_varying = self.varying and not torch.equal(
+            self.pde.linear(self.ops, **corners[0]), self.pde.linear(self.ops, **corners[1])
+        )
         self.values = {k: as_coefficient([lo] * rows, grid) for k, (lo, _) in spec.ranges().items()}
-        self.stepper = build_stepper(self.pde, grid, self.values, spec.dt, spec.order)
-        if self.varying:
+        self.stepper = build_stepper(
+            self.pde, grid, self.values if self.linear_varying else corners[0], spec.dt, spec.order
+        )
+        self._rebuild_nonlinear()
+        if self.linear_varying:
             self.stepper.coefficients = {
                 k: v.expand(num_trajectories, *v.shape[1:]).clone() if v.shape[0] == 1 else v
                 for k, v in self.stepper.coefficients.items()
