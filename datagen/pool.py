@@ -103,15 +103,25 @@ class _FamilyState:
     ETDRK weights (6 complex tensors of the Fourier grid for ETDRK4) are shared when nothing varies.
     """
 
-    def __init__(self, spec: FamilySpec, grid: Grid, num_trajectories: int, history: int) -> None:
+    def __init__(
+        self,
+        spec: FamilySpec,
+        grid: Grid,
+        num_trajectories: int,
+        history: int,
+        max_abs: float = 1e4,
+        check: bool = True,
+    ) -> None:
         self.spec = spec
+        self.max_abs = max_abs
         self.pde = get_pde(spec.name)
         self.grid = grid
         self.ops = spectral_ops(grid, self.pde.dealias)
         self.num_channels = self.pde.num_channels(grid.num_spatial_dims)
         self.history = history
         self.count = num_trajectories
-        check_limits(self.pde, grid, spec.dt, spec.order, spec.ranges())
+        if check:
+            check_limits(self.pde, grid, spec.dt, spec.order, spec.ranges())
         self.varying = any(isinstance(v, Sequence) for v in spec.coefficients.values())
         rows = num_trajectories if self.varying else 1
         # ETDRK weights (6 Fourier-grid tensors for ETDRK4) are kept per trajectory only when the linear
@@ -199,8 +209,6 @@ class _FamilyState:
         dims = tuple(range(1, new.ndim))
         return ~torch.isfinite(new).all(dim=dims) | (new.abs().amax(dim=dims) > self.max_abs)
 
-    max_abs: float = 1e4
-
     def window(self, row: int, length: int) -> torch.Tensor:
         """The last ``length`` frames of trajectory ``row``, oldest first, ``(length, channels, *grid)``."""
         index = [(self.head - j) % self.history for j in range(length - 1, -1, -1)]
@@ -208,7 +216,11 @@ class _FamilyState:
 
 
 class ShardPool:
-    """The trajectories of one data shard: for each family, ``num_trajectories`` fields on ``device``."""
+    """The trajectories of one data shard: for each family, ``num_trajectories`` fields on ``device``.
+
+    Each family's dt and coefficient ranges are checked against its stability/resolution limits when the
+    pool is built (``check=False`` skips that, e.g. to test the rejection of blown-up trajectories).
+    """
 
     def __init__(
         self,
@@ -221,6 +233,7 @@ class ShardPool:
         refresh_fraction: float = 0.1,
         history: int = 1,
         max_abs: float = 1e4,
+        check: bool = True,
         seed: int = 0,
         shard: int = 0,
         device: torch.device | str = "cpu",
@@ -237,9 +250,7 @@ class ShardPool:
         self.families = []
         for spec in families:
             grid = Grid(num_spatial_dims, n, spec.length or length, device)
-            state = _FamilyState(spec, grid, num_trajectories, history)
-            state.max_abs = max_abs
-            self.families.append(state)
+            self.families.append(_FamilyState(spec, grid, num_trajectories, history, max_abs, check))
         self.device = device
         self.history = history
         self.refresh_fraction = refresh_fraction

@@ -89,16 +89,9 @@ def test_blown_up_trajectories_are_dropped_counted_and_replaced() -> None:
     assert torch.isfinite(pool.families[0].current).all()
     # An anti-diffusive family (check bypassed) explodes and is rejected every time, never sampled.
     spec = FamilySpec("diffusion", dt=0.05, coefficients={"diffusivity": -0.05})
-    from datagen.pdes import _base
-
-    original = _base.check_limits
-    try:
-        import datagen.pool as pool_module
-
-        pool_module.check_limits = lambda *a, **k: None
-        bad = ShardPool([spec], n=16, num_trajectories=2, refresh_fraction=0.0, max_abs=1e3)
-    finally:
-        pool_module.check_limits = original
+    with pytest.raises(ValueError, match="diffusivity"):
+        ShardPool([spec], n=16, num_trajectories=2)
+    bad = ShardPool([spec], n=16, num_trajectories=2, refresh_fraction=0.0, max_abs=1e3, check=False)
     for _ in range(5):
         bad.advance()
     assert bad.num_rejected > 0
