@@ -17,9 +17,17 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 from torch import nn
 
+from pfm.distributed.memory import set_cpu_mmap_threshold
 from pfm.distributed.parallelize import prepare_model
 
-__all__ = ["STRATEGIES", "StrategySetup", "available_strategies", "build_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "ZERO3_BUFFERS",
+    "ZERO3_CONFIG",
+    "StrategySetup",
+    "available_strategies",
+    "build_strategy",
+]
 
 
 @dataclass(frozen=True)
@@ -59,12 +67,34 @@ def _zero(stage: int, offload: bool = False) -> Callable[..., Strategy]:
         # our batches are dicts from an endless loader, which Lightning cannot read a batch size from;
         # DeepSpeed uses this number only for its timing logs
         kwargs: dict[str, Any] = {"stage": stage, "logging_batch_size_per_gpu": 1}
+        if stage == 3:
+            kwargs.update(ZERO3_BUFFERS)
         if offload:
             kwargs.update(offload_optimizer=True, offload_parameters=True)
-        return CPUDeepSpeedStrategy(**{**kwargs, **options})
+        # DeepSpeed's stage3_* keys are not Lightning constructor arguments: they go into the config itself
+        stage3 = {
+            **(ZERO3_CONFIG if stage == 3 else {}),
+            **{k: options.pop(k) for k in list(options) if k.startswith("stage3_")},
+        }
+        strategy = CPUDeepSpeedStrategy(**{**kwargs, **options})
+        strategy.config.setdefault("zero_optimization", {}).update(stage3)
+        return strategy
 
     return build
 
+
+# ZeRO-3 buffer sizes (elements). Lightning's defaults (reduce bucket 2e8, one optimizer sub-group of up to
+# 1e12 parameters, and DeepSpeed's 1e9 live gathered parameters) make every rank hold buffers as large as a
+# whole ~100M-parameter model: a contiguous gradient bucket of reduce_bucket_size elements, a zeroed buffer
+# the size of the largest sub-group's *unpartitioned* parameters at optimizer set-up, and gathered layers
+# kept between forward and backward. That cancels ZeRO-3's saving below ~1B parameters. These bound each at
+# <= 100 MB in fp32 (benchmarks/README.md, "distributed"); big models on fast interconnects may raise them
+# through strategy.options, e.g. strategy.options.reduce_bucket_size=2e8.
+ZERO3_BUFFERS: dict[str, Any] = {"reduce_bucket_size": int(2.5e7), "sub_group_size": int(2e7)}
+ZERO3_CONFIG: dict[str, Any] = {
+    "stage3_prefetch_bucket_size": int(5e6),
+    "stage3_max_live_parameters": int(1e7),
+}
 
 STRATEGIES: dict[str, _Kind] = {
     "single": _Kind("one process on one device", _single, multi_process=False),
@@ -180,11 +210,14 @@ def build_strategy(
     compile: bool = False,
     block_types: Sequence[str] | None = None,
     options: dict[str, Any] | None = None,
+    cpu_mmap_threshold_mib: float | None = 1.0,
 ) -> StrategySetup:
     """Build strategy ``name`` (a key of ``STRATEGIES``) for this hardware, or fail naming those that work.
 
     ``precision="auto"`` means bf16 mixed precision on GPU and fp32 on CPU. ``options`` go to the strategy's
-    constructor (e.g. ``{"allgather_bucket_size": 2e8}`` for DeepSpeed).
+    constructor (e.g. ``{"allgather_bucket_size": 2e8}`` for DeepSpeed); DeepSpeed's ``stage3_*`` keys go
+    into its config. ``cpu_mmap_threshold_mib`` applies to multi-process CPU runs (see
+    :mod:`pfm.distributed.memory`; null leaves the C library's default).
     """
     if name not in STRATEGIES:
         raise ValueError(f"strategy name {name!r} is unknown; expected one of {', '.join(STRATEGIES)}.")
@@ -203,6 +236,9 @@ def build_strategy(
     if kind.needs_deepspeed and resolved == "cpu":
         # read by DeepSpeed when first asked for its accelerator; child processes inherit it
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if cpu_mmap_threshold_mib is not None and resolved == "cpu" and kind.multi_process:
+        # every rank runs this before it builds the model (Lightning re-executes the script for rank > 0)
+        set_cpu_mmap_threshold(cpu_mmap_threshold_mib)
     precision = _resolve_precision(str(precision), resolved)
     strategy = kind.build(resolved, precision, block_types, dict(options or {}))
     trainer_precision = "32-true" if name == "fsdp" and precision.startswith("bf16") else precision
