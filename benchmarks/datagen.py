@@ -94,6 +94,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--families-only", action="store_true", help="skip the exponax/torchfsm comparison")
+    parser.add_argument("--compare-only", action="store_true", help="skip the per-family table")
+    parser.add_argument(
+        "--cases", nargs="+", default=list(CASES), choices=list(CASES), help="compared equations"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,7 +107,8 @@ def main() -> None:
             f"{'pde':24s} {'n':>4s} {'pfm':>8s} {'exponax':>8s} {'torchfsm':>9s} {'/exponax':>9s} {'/torchfsm':>9s}  (M gp-updates/s)"
         )
         for n in args.n:
-            for name, (coefficients, length, dt) in CASES.items():
+            for name in args.cases:
+                coefficients, length, dt = CASES[name]
                 ours = solver_throughput(
                     name,
                     n=n,
@@ -119,6 +124,8 @@ def main() -> None:
                     f"{name:24s} {n:4d} {ours / 1e6:8.2f} {theirs / 1e6:8.2f} {fsm / 1e6:9.2f} {ours / theirs:9.2f} {ours / fsm:9.2f}",
                     flush=True,
                 )
+    if args.compare_only:
+        return
     print(f"\n{'pde':28s} {'n':>4s} {'M gp-updates/s':>15s} {'crops/s':>9s} {'MiB/sample':>10s}")
     for n in args.n:
         for name in [p for p in known_pdes() if 3 in get_pde(p).supported_dims]:

@@ -69,6 +69,7 @@ def test_pairs_round_trip_and_resampled_stream(tmp_path) -> None:
         pool_kwargs={"n": 16, "num_trajectories": 2},
     )
     dm = ShardDataModule(str(tmp_path), batch_size=2, resampled=True)
+    assert dm.spec["num_channels"] == 3 and dm.pde_names == ["burgers"]
     stream = iter(dm.train_dataloader())
     for _ in range(5):  # more batches than written: resampled streams never end
         batch = next(stream)

@@ -68,9 +68,20 @@ class ShardDataModule(L.LightningDataModule):
     @property
     def spec(self) -> dict[str, int]:
         """Shapes that models take from the data."""
+        from datagen import get_pde
+
         pool = self.format["pool"]
-        size = self.format["crop"] or pool.get("n", 64)
-        return {"num_channels": 1, "crop_size": size, "num_spatial_dims": pool.get("num_spatial_dims", 3)}
+        d = pool.get("num_spatial_dims", 3)
+        spec = {
+            "num_channels": 1,
+            "crop_size": self.format["crop"] or pool.get("n", 64),
+            "num_spatial_dims": d,
+        }
+        if self.format["kind"] != "crops":  # windows and pairs keep all fields, padded to the largest family
+            spec["num_channels"] = max(get_pde(name).num_channels(d) for name in self.pde_names)
+        if self.format["kind"] == "windows":
+            spec["num_frames"] = self.format["window"]
+        return spec
 
     def dataset(self, urls: list[str] | None = None):
         """The webdataset pipeline yielding decoded sample dicts."""
