@@ -12,13 +12,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datagen.pool import FamilySpec
 
 __all__ = ["load_family", "main"]
 
 _CONF = Path(__file__).resolve().parents[1] / "conf" / "data" / "pde"
 
 
-def load_family(name: str, config_dir: Path = _CONF):
+def load_family(name: str, config_dir: Path = _CONF) -> FamilySpec:
     """The :class:`FamilySpec` of ``name`` from ``conf/data/pde/<name>.yaml`` (or the family defaults)."""
     from datagen.pdes import get_pde
     from datagen.pool import FamilySpec

@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from datagen.shards import decode_sample
 
@@ -83,7 +83,7 @@ class ShardDataModule(L.LightningDataModule):
             spec["num_frames"] = self.format["window"]
         return spec
 
-    def dataset(self, urls: list[str] | None = None):
+    def dataset(self, urls: list[str] | None = None) -> IterableDataset:
         """The webdataset pipeline yielding decoded sample dicts."""
         import webdataset as wds
 
