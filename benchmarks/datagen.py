@@ -22,7 +22,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from datagen.bench import pool_throughput, solver_throughput  # noqa: E402
+from datagen.bench import _sync, pool_throughput, solver_throughput  # noqa: E402
 from datagen.cli import load_family  # noqa: E402
 from datagen.pdes import get_pde, known_pdes  # noqa: E402
 
@@ -64,7 +64,14 @@ def _exponax(
 
 
 def _torchfsm(
-    name: str, n: int, length: float, dt: float, batch: int, steps: int, coefficients: dict
+    name: str,
+    n: int,
+    length: float,
+    dt: float,
+    batch: int,
+    steps: int,
+    coefficients: dict,
+    device: str = "cpu",
 ) -> float:
     from torchfsm import pde
     from torchfsm.operator import Laplacian
@@ -76,12 +83,14 @@ def _torchfsm(
     else:
         op, channels = pde.KuramotoSivashinskyHighDim(), 1
     mesh = [(0, length, n)] * 3
-    u = torch.randn(batch, channels, n, n, n) * 0.1
+    u = torch.randn(batch, channels, n, n, n, device=device) * 0.1
     op.integrate(u, dt=dt, step=1, mesh=mesh)
     best = math.inf
     for _ in range(2):
+        _sync(device)
         start = time.perf_counter()
         op.integrate(u, dt=dt, step=steps, mesh=mesh)
+        _sync(device)
         best = min(best, time.perf_counter() - start)
     return batch * n**3 * steps / best
 
@@ -93,6 +102,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="pfm and torchfsm device; exponax uses JAX's default")
     parser.add_argument("--families-only", action="store_true", help="skip the exponax/torchfsm comparison")
     parser.add_argument("--compare-only", action="store_true", help="skip the per-family table")
     parser.add_argument(
@@ -117,9 +127,16 @@ def main() -> None:
                     dt=dt,
                     length=length,
                     coefficients=coefficients,
+                    device=args.device,
                 )["gp_updates_per_s"]
-                theirs = _exponax(name, n, length, dt, args.batch, args.steps, coefficients)
-                fsm = _torchfsm(name, n, length, dt, args.batch, args.steps, coefficients)
+                try:
+                    theirs = _exponax(name, n, length, dt, args.batch, args.steps, coefficients)
+                except ImportError:  # the `bench` extra is not installed
+                    theirs = math.nan
+                try:
+                    fsm = _torchfsm(name, n, length, dt, args.batch, args.steps, coefficients, args.device)
+                except ImportError:
+                    fsm = math.nan
                 print(
                     f"{name:24s} {n:4d} {ours / 1e6:8.2f} {theirs / 1e6:8.2f} {fsm / 1e6:9.2f} {ours / theirs:9.2f} {ours / fsm:9.2f}",
                     flush=True,
@@ -142,9 +159,16 @@ def main() -> None:
                 length=spec.length or 1.0,
                 coefficients=coefficients,
                 repeats=1,
+                device=args.device,
             )
             pool = pool_throughput(
-                spec, n=n, crop=32, batch=args.batch, num_trajectories=args.batch, num_batches=2
+                spec,
+                n=n,
+                crop=32,
+                batch=args.batch,
+                num_trajectories=args.batch,
+                num_batches=2,
+                device=args.device,
             )
             print(
                 f"{name:28s} {n:4d} {solver['gp_updates_per_s'] / 1e6:15.2f} {pool['crops_per_s']:9.1f} {pool['bytes_per_sample'] / 2**20:10.2f}",

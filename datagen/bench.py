@@ -17,6 +17,11 @@ from datagen.stepper import make_stepper
 __all__ = ["pool_throughput", "solver_throughput"]
 
 
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def solver_throughput(
     name: str,
     *,
@@ -28,34 +33,50 @@ def solver_throughput(
     length: float = 1.0,
     coefficients: Mapping[str, float] | None = None,
     repeats: int = 2,
+    device: str = "cpu",
 ) -> dict[str, float]:
     """Best-of-``repeats`` wall time of ``num_steps`` steps of ``batch`` fields; grid-point updates/s."""
     pde = get_pde(name)
-    stepper = make_stepper(name, dim=dim, n=n, length=length, dt=dt, check=False, **dict(coefficients or {}))
-    grid = Grid(dim, n, length)
-    u = gaussian_random_field(grid, batch, pde.num_channels(dim), generator=torch.Generator().manual_seed(0))
+    stepper = make_stepper(
+        name, dim=dim, n=n, length=length, dt=dt, check=False, device=device, **dict(coefficients or {})
+    )
+    grid = Grid(dim, n, length, torch.device(device))
+    u = gaussian_random_field(
+        grid, batch, pde.num_channels(dim), generator=torch.Generator(device).manual_seed(0)
+    )
     stepper(u, 1)  # warm-up (allocator, FFT plans)
     best = float("inf")
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         stepper(u, num_steps)
+        _sync(device)
         best = min(best, time.perf_counter() - start)
     updates = batch * n**dim * num_steps
     return {"seconds": best, "gp_updates_per_s": updates / best}
 
 
 def pool_throughput(
-    spec: FamilySpec, *, n: int, crop: int, batch: int, num_trajectories: int, num_batches: int
+    spec: FamilySpec,
+    *,
+    n: int,
+    crop: int,
+    batch: int,
+    num_trajectories: int,
+    num_batches: int,
+    device: str = "cpu",
 ) -> dict[str, float]:
     """Crops/s of a one-family pool advanced once per batch (all trajectories stepped), and bytes per sample."""
     # Steady state: no warm-up at start and no refresh, so that every batch costs one step of every trajectory.
     spec = dataclasses.replace(spec, warmup_steps=0)
-    pool = ShardPool([spec], n=n, num_trajectories=num_trajectories, refresh_fraction=0.0)
+    pool = ShardPool([spec], n=n, num_trajectories=num_trajectories, refresh_fraction=0.0, device=device)
     pool.advance()
+    _sync(device)
     start = time.perf_counter()
     for _ in range(num_batches):
         pool.advance()
         pool.sample_crops(batch, crop)
+    _sync(device)
     seconds = time.perf_counter() - start
     return {
         "crops_per_s": batch * num_batches / seconds,

@@ -30,9 +30,9 @@ def load_family(name: str, config_dir: Path = _CONF) -> FamilySpec:
     get_pde(name)  # unknown names list the known ones
     path = config_dir / f"{name}.yaml"
     if path.is_file():
-        from omegaconf import OmegaConf
+        import yaml  # the family configs are plain YAML (no interpolation), so no Hydra is needed here
 
-        return FamilySpec(**OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+        return FamilySpec(**yaml.safe_load(path.read_text()))
     raise ValueError(
         f"No config {path} for PDE {name!r}; write one (see docs/new_pde.md) or pass --config-dir."
     )
