@@ -24,7 +24,7 @@ from datagen.augment import draw_transform, periodic_crop, transform
 from datagen.ic import make_initial_condition
 from datagen.pdes import check_limits, get_pde
 from datagen.seeding import generator
-from datagen.spectral import Grid, etdrk_coefficients, spectral_ops
+from datagen.spectral import Grid, spectral_ops
 from datagen.stepper import as_coefficient, build_stepper
 
 __all__ = ["FamilySpec", "ShardPool"]
@@ -136,10 +136,7 @@ class _FamilyState:
         )
         self._rebuild_nonlinear()
         if self.linear_varying:
-            self.stepper.coefficients = {
-                k: v.expand(num_trajectories, *v.shape[1:]).clone() if v.shape[0] == 1 else v
-                for k, v in self.stepper.coefficients.items()
-            }
+            self.stepper.expand_rows(num_trajectories)
         shape = (history, num_trajectories, self.num_channels, *grid.spatial_shape)
         self.frames = torch.zeros(shape, device=grid.device)
         self.head = 0
@@ -181,14 +178,9 @@ class _FamilyState:
     def _refresh_weights(self, rows: torch.Tensor) -> None:
         sub_values = {k: v[rows] for k, v in self.values.items()}
         linear = self.pde.linear(self.ops, **sub_values)
-        if self.stepper.coefficients["E"].shape[0] > 1:  # the linear part depends on per-row values
+        if self.stepper.num_rows > 1:  # the linear part depends on per-row values
             linear = linear.expand(rows.numel(), *linear.shape[1:])
-            # One row at a time: vectorized complex kernels can round differently with the batch size, and
-            # a resumed pool recomputes these weights, so they must not depend on which rows were grouped.
-            for i, row in enumerate(rows.tolist()):
-                fresh = etdrk_coefficients(linear[i : i + 1], self.spec.dt, self.stepper.order)
-                for name, target in self.stepper.coefficients.items():
-                    target[row] = fresh[name][0]
+            self.stepper.set_rows(rows.tolist(), linear)
         self._rebuild_nonlinear()
 
     def _stepper_for(self, rows: torch.Tensor):
@@ -402,7 +394,7 @@ class ShardPool:
         """Bytes held by frames, coefficients and ETDRK weights of this shard."""
         total = 0
         for fam in self.families:
-            tensors = [fam.frames, fam.times, *fam.values.values(), *fam.stepper.coefficients.values()]
+            tensors = [fam.frames, fam.times, *fam.values.values(), *fam.stepper.tensors()]
             total += sum(t.numel() * t.element_size() for t in tensors)
         return total
 

@@ -274,11 +274,12 @@ NonlinearFn = Callable[[torch.Tensor], torch.Tensor]
 class ETDRKStepper:
     """Advances ``u_t = L u + N(u)`` by one ``dt`` with ETDRK of order 1-4 in Fourier space.
 
-    ``coefficients`` are the ETDRK weights of :func:`etdrk_coefficients`, broadcastable to
-    ``(batch, channels, *fourier_shape)`` (a leading batch axis carries per-sample coefficients).
-    ``nonlinear`` maps the slab ``u_hat[..., :num_kept]`` to the dealiased slab of ``FFT(N(u))`` (see
-    :class:`SpectralOps`); modes beyond ``num_kept`` on the last axis then evolve by ``E`` alone. ``None``
-    means a purely linear PDE, which is stepped exactly (one multiply per step).
+    ``coefficients`` are the ETDRK weights of :func:`etdrk_coefficients`, ``(batch|1, channels|1,
+    *fourier_shape)`` (a leading batch axis carries per-sample coefficients). ``nonlinear`` maps the slab
+    ``u_hat[..., :num_kept]`` to the dealiased slab of ``FFT(N(u))`` (see :class:`SpectralOps`); modes
+    beyond ``num_kept`` on the last axis then evolve by ``E`` alone. The weights are stored that way too:
+    ``weights`` holds contiguous slab copies (what every step reads) and ``e_rest`` the rest of ``E``.
+    ``None`` for ``nonlinear`` means a purely linear PDE, stepped exactly (one multiply per step).
     """
 
     def __init__(
@@ -294,8 +295,13 @@ class ETDRKStepper:
         self.dt = dt
         self.order = 1 if nonlinear is None else order
         self.nonlinear = nonlinear
-        self.coefficients = dict(coefficients)
         self.num_kept = grid.fourier_shape[-1] if num_kept is None else num_kept
+        if nonlinear is None:
+            self.weights = {"E": coefficients["E"]}
+            self.e_rest = None
+        else:
+            self.weights = {k: v[..., : self.num_kept].contiguous() for k, v in coefficients.items()}
+            self.e_rest = coefficients["E"][..., self.num_kept :].contiguous()
 
     @classmethod
     def from_linear(
@@ -310,14 +316,41 @@ class ETDRKStepper:
         """A stepper from the Fourier symbol ``linear`` of ``L``, ``(batch|1, channels|1, *fourier_shape)``."""
         order = 1 if nonlinear is None else order
         linear = torch.broadcast_to(linear, (*linear.shape[:2], *grid.fourier_shape))
-        coefficients = etdrk_coefficients(linear, dt, order)
-        if nonlinear is None:  # a linear PDE is stepped exactly with E alone; don't keep phi1 per sample
-            coefficients = {"E": coefficients["E"]}
-        return cls(grid, coefficients, nonlinear, dt, order, num_kept)
+        return cls(grid, etdrk_coefficients(linear, dt, order), nonlinear, dt, order, num_kept)
+
+    @property
+    def num_rows(self) -> int:
+        """1 when all samples share the weights, else the number of samples with their own."""
+        return self.weights["E"].shape[0]
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every weight tensor (for memory accounting)."""
+        return [*self.weights.values(), *([] if self.e_rest is None else [self.e_rest])]
+
+    def expand_rows(self, count: int) -> None:
+        """Give each of ``count`` samples its own copy of the weights (before per-row updates)."""
+        if self.num_rows == 1:
+            self.weights = {k: v.expand(count, *v.shape[1:]).clone() for k, v in self.weights.items()}
+            if self.e_rest is not None:
+                self.e_rest = self.e_rest.expand(count, *self.e_rest.shape[1:]).clone()
+
+    def set_rows(self, rows: list[int], linear: torch.Tensor) -> None:
+        """Recompute the weights of samples ``rows`` from their symbols ``linear`` ``(len(rows), ...)``.
+
+        One row at a time: vectorized complex kernels can round differently with the batch size, and a
+        resumed pool recomputes these weights, so a row's weights must not depend on its neighbours.
+        """
+        k = self.num_kept
+        for i, row in enumerate(rows):
+            fresh = etdrk_coefficients(linear[i : i + 1], self.dt, self.order)
+            for name, target in self.weights.items():
+                target[row] = fresh[name][0, ..., : target.shape[-1]]
+            if self.e_rest is not None:
+                self.e_rest[row] = fresh["E"][0, ..., k:]
 
     def _step_slab(self, u: torch.Tensor) -> torch.Tensor:
         """One ETDRK step of the slab ``(batch, channels, ..., num_kept)``."""
-        c = {name: value[..., : self.num_kept] for name, value in self.coefficients.items()}
+        c = self.weights
         n = self.nonlinear
         nu = n(u)
         if self.order == 1:
@@ -349,16 +382,16 @@ class ETDRKStepper:
 
     def step_fourier(self, u_hat: torch.Tensor, num_steps: int = 1) -> torch.Tensor:
         """``num_steps`` steps on Fourier coefficients ``(batch, channels, *fourier_shape)``."""
-        e = self.coefficients["E"]
         if self.nonlinear is None:
+            e = self.weights["E"]
             for _ in range(num_steps):
                 u_hat = e * u_hat
             return u_hat
         k = self.num_kept
-        low, high, e_high = u_hat[..., :k], u_hat[..., k:], e[..., k:]
+        low, high = u_hat[..., :k], u_hat[..., k:]
         for _ in range(num_steps):
             low = self._step_slab(low)
-            high = e_high * high
+            high = self.e_rest * high
         return torch.cat((low, high), dim=-1)
 
     def __call__(self, u: torch.Tensor, num_steps: int = 1) -> torch.Tensor:
@@ -367,5 +400,10 @@ class ETDRKStepper:
 
     def select(self, rows: torch.Tensor, nonlinear: NonlinearFn | None) -> ETDRKStepper:
         """A stepper for the samples ``rows`` only (per-sample weights indexed, shared ones kept)."""
-        coefficients = {k: v[rows] if v.shape[0] > 1 else v for k, v in self.coefficients.items()}
-        return ETDRKStepper(self.grid, coefficients, nonlinear, self.dt, self.order, self.num_kept)
+        out = ETDRKStepper.__new__(ETDRKStepper)
+        out.grid, out.dt, out.order, out.num_kept = self.grid, self.dt, self.order, self.num_kept
+        out.nonlinear = nonlinear
+        out.weights = {k: v[rows] if v.shape[0] > 1 else v for k, v in self.weights.items()}
+        rest = self.e_rest
+        out.e_rest = rest[rows] if rest is not None and rest.shape[0] > 1 else rest
+        return out
