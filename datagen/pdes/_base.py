@@ -73,7 +73,10 @@ class PDE:
     def nonlinear(
         self, ops: SpectralOps, **coefficients: torch.Tensor
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Returns ``u_hat -> FFT(N(u))`` on ``(batch, channels, *fourier_shape)``; unused when linear."""
+        """Returns ``u_slab -> FFT(N(u))`` on the dealiased slab ``(batch, channels, ..., ops.num_kept)``.
+
+        See :class:`~datagen.spectral.SpectralOps`; unused when ``is_linear``.
+        """
         raise NotImplementedError
 
     def limits(self, grid: Grid, dt: float, order: int, **coefficients: float) -> list[Limit]:
