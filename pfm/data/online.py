@@ -270,6 +270,13 @@ class OnlinePairDataModule(OnlineWindowDataModule):
         super().__init__(pdes, window=lag + 1, **kwargs)
         self.lag = lag
 
+    @property
+    def spec(self) -> dict[str, int]:
+        """Shapes that models take from the data: channels, spatial size and axes, and the lag."""
+        spec = dict(super().spec)
+        spec.pop("num_frames")
+        return spec | {"lag": self.lag}
+
     def sample(self, pool: ShardPool, batch: int, *, augment: bool) -> dict[str, torch.Tensor]:
         """One shard's slice of lagged pairs."""
         return pool.sample_pairs(batch, self.lag, crop=self.window_crop, augment=augment)
