@@ -1,7 +1,7 @@
 """Distributed benchmarks: per-rank memory of DDP vs DeepSpeed ZeRO-1/2/3, and pfm-loop overhead.
 
     DS_ACCELERATOR=cpu python benchmarks/distributed.py memory   [--width 2048 --depth 24 --steps 3]
-    python benchmarks/distributed.py overhead [--steps 30 --rounds 3]
+    python benchmarks/distributed.py overhead [--model tadpole_s --batch 1 --crop 16 --steps 30 --rounds 5]
 
 **memory**: 2 CPU processes (gloo), a ~100M-parameter MLP, AdamW, fp32. The DeepSpeed configs are the ones
 pfm builds (``build_strategy(...).config``) and every row but the "glibc" ones fixes glibc's mmap threshold
@@ -342,6 +342,7 @@ def overhead(args: argparse.Namespace) -> None:
 
     logging.getLogger("lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
     task, batches, initial, cfg = _build(args)
     num_params = sum(p.numel() for p in task.parameters())
     print(
@@ -390,10 +391,13 @@ def main() -> None:
     over.add_argument("--model", default="tadpole_s")
     over.add_argument("--n", type=int, default=32, help="simulation grid size")
     over.add_argument("--crop", type=int, default=16)
-    over.add_argument("--batch", type=int, default=4)
+    over.add_argument("--batch", type=int, default=1)
     over.add_argument("--steps", type=int, default=30)
     over.add_argument("--warmup", type=int, default=5)
-    over.add_argument("--rounds", type=int, default=3)
+    over.add_argument("--rounds", type=int, default=5)
+    over.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)"
+    )
     args = parser.parse_args()
     memory(args) if args.bench == "memory" else overhead(args)
 

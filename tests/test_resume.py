@@ -121,3 +121,52 @@ def test_resume_from_another_model_fails_naming_the_mismatch(uninterrupted: Path
     assert result.returncode != 0
     assert "model.width: checkpoint has 16, this run has 8" in result.stderr, result.stderr[-3000:]
     assert not list((tmp_path / "checkpoints").glob("step*")), "nothing was trained"
+
+
+DDP = ["strategy=ddp", "strategy.devices=2", "data.num_data_shards=2"]
+
+
+def _kill_group_after(proc: subprocess.Popen, target: Path, delay: float) -> None:
+    """Wait for ``target`` to appear, then SIGKILL the whole process group (every rank), as a scheduler does."""
+    deadline = time.monotonic() + 400
+    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_sigkill_then_resume_auto_matches(tmp_path: Path) -> None:
+    """2-process DDP (gloo): killed at a random step after a checkpoint, resumed, same weights within tolerance."""
+    reference_dir = tmp_path / "uninterrupted"
+    killed_dir = tmp_path / "killed"
+    reference_dir.mkdir()
+    killed_dir.mkdir()
+    result = _pfm_train(reference_dir, *DDP)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    rng = random.Random()
+    wait_for = rng.choice([3, 6])
+    # a new session, so that one killpg reaches rank 0 and the rank-1 process Lightning launched from it
+    proc = subprocess.Popen(
+        _cmd(killed_dir, *DDP),
+        cwd=killed_dir,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    _kill_group_after(proc, killed_dir / "checkpoints" / f"step{wait_for:07d}.ckpt", rng.uniform(0.0, 0.4))
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; raise STEPS"
+
+    result = _pfm_train(killed_dir, *DDP, "resume=auto")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Resuming from" in result.stderr + result.stdout
+    resumed, reference = _final(killed_dir), _final(reference_dir)
+    assert resumed.keys() == reference.keys()
+    for name, value in reference.items():
+        # gloo all-reduce order is fixed, so this is usually bitwise; the tolerance allows for the reduction
+        torch.testing.assert_close(
+            resumed[name], value, rtol=1e-5, atol=1e-6, msg=f"{name}: kill at >= step {wait_for}"
+        )

@@ -88,9 +88,9 @@ def _zero(stage: int, offload: bool = False) -> Callable[..., Strategy]:
 # whole ~100M-parameter model: a contiguous gradient bucket of reduce_bucket_size elements, a zeroed buffer
 # the size of the largest sub-group's *unpartitioned* parameters at optimizer set-up, and gathered layers
 # kept between forward and backward. That cancels ZeRO-3's saving below ~1B parameters. These bound each at
-# <= 100 MB in fp32 (benchmarks/README.md, "distributed"); big models on fast interconnects may raise them
+# <= 80 MB in fp32 (benchmarks/README.md, "distributed"); big models on fast interconnects may raise them
 # through strategy.options, e.g. strategy.options.reduce_bucket_size=2e8.
-ZERO3_BUFFERS: dict[str, Any] = {"reduce_bucket_size": int(2.5e7), "sub_group_size": int(2e7)}
+ZERO3_BUFFERS: dict[str, Any] = {"reduce_bucket_size": int(5e6), "sub_group_size": int(2e7)}
 ZERO3_CONFIG: dict[str, Any] = {
     "stage3_prefetch_bucket_size": int(5e6),
     "stage3_max_live_parameters": int(1e7),
