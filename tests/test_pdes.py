@@ -266,7 +266,7 @@ def test_matches_exponax_with_the_same_coefficients(case: tuple, monkeypatch: py
     for _ in range(5):
         x = theirs(x)
     ours = make_stepper(name, dim=dim, n=n, length=length, dt=dt, check=False)(u0[None], 5)[0]
-    expected = torch.from_numpy(np.asarray(x))
+    expected = torch.from_numpy(np.array(x))
     error = float((ours - expected).abs().max() / expected.abs().max())
     assert error < (1e-4 if "kolmogorov" in name else 2e-5), error
     spectral_ops.cache_clear()
