@@ -32,7 +32,7 @@ RUN = [
     f"checkpoint_every_n_steps={STEPS}",
     "plots=false",
     "logger=csv",
-    "+task.sample_latent=false",
+    "task.sample_latent=false",
 ]
 STRATEGIES = ["ddp", "fsdp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3"]
 
