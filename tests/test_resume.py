@@ -21,6 +21,7 @@ from pfm.checkpoints import find_resume_checkpoint, list_checkpoints, read_check
 
 STEPS = 10
 RUN = [
+    "model=conv_vae",  # small and fast; pinned, since the mismatch test names one of its keys
     "data.n=16",
     "data.crop=16",
     "data.batch_size=2",
