@@ -96,3 +96,24 @@ def test_checkpointing_and_compile_keep_outputs_gradients_and_names(compile: boo
     torch.testing.assert_close(wrapped(x), plain(x), rtol=1e-5, atol=1e-5)
     for (name, p), q in zip(plain.named_parameters(), wrapped.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_zero3_buffers_are_bounded_and_stage3_options_reach_the_config() -> None:
+    pytest.importorskip("deepspeed")
+    from pfm.distributed.build import ZERO3_BUFFERS, ZERO3_CONFIG
+
+    options = {"reduce_bucket_size": 1000, "stage3_param_persistence_threshold": 7}
+    setup = build_strategy("deepspeed_zero3", accelerator="cpu", options=options)
+    zero = setup.trainer_kwargs["strategy"].config["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 1000  # an option overrides pfm's bound
+    assert zero["sub_group_size"] == ZERO3_BUFFERS["sub_group_size"]
+    assert zero["stage3_prefetch_bucket_size"] == ZERO3_CONFIG["stage3_prefetch_bucket_size"]
+    assert zero["stage3_param_persistence_threshold"] == 7
+    assert options == {"reduce_bucket_size": 1000, "stage3_param_persistence_threshold": 7}, "not mutated"
+
+
+def test_cpu_mmap_threshold_out_of_range_names_the_key() -> None:
+    from pfm.distributed import set_cpu_mmap_threshold
+
+    with pytest.raises(ValueError, match="cpu_mmap_threshold_mib=64"):
+        set_cpu_mmap_threshold(64)
