@@ -32,6 +32,13 @@ def training_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         # gathers the fp32 master weights from every rank's optimizer shard (ZeRO-1/2/3 alike)
         state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag="checkpoint")
+        # DeepSpeed records frozen parameters (e.g. a LoRA-frozen base) for ZeRO-2/3 only; under ZeRO-1
+        # they exist solely in the replicated module weights, so take any missing ones from there.
+        for states_file in sorted((path / "checkpoint").glob("*model_states.pt"))[:1]:
+            module = torch.load(states_file, map_location="cpu", weights_only=False).get("module") or {}
+            for key, value in module.items():
+                if key not in state and torch.is_tensor(value) and value.numel() > 0:
+                    state[key] = value.float()
     else:
         state = read_checkpoint(path)["state_dict"]
     out: dict[str, torch.Tensor] = {}
