@@ -58,6 +58,7 @@ class OnlineCropDataModule(L.LightningDataModule):
         steps_per_batch: int = 1,
         num_data_shards: int | None = None,
         num_val_batches: int = 2,
+        val_burn_in_steps: int = 20,
         standardize: bool = True,
         augment: bool = True,
         seed: int = 0,
@@ -87,6 +88,7 @@ class OnlineCropDataModule(L.LightningDataModule):
         self.steps_per_batch = steps_per_batch
         self.num_data_shards = num_data_shards
         self.num_val_batches = num_val_batches
+        self.val_burn_in_steps = val_burn_in_steps
         self.standardize = standardize
         self.augment = augment
         self.seed = seed
@@ -170,21 +172,26 @@ class OnlineCropDataModule(L.LightningDataModule):
         return DataLoader(_CropStream(self), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
-        """A fixed validation set drawn from separately seeded pools."""
+        """A fixed validation set drawn from separately seeded pools.
+
+        The pools are refreshed like the training pools and advanced ``val_burn_in_steps`` before each batch,
+        so validation sees evolved states of the same distribution rather than raw initial conditions.
+        """
         device = self.pools[0].grid.device if self.pools else torch.device("cpu")
         local = self._layout()[2]
         batches = []
         for s in local:
             pool = ShardPool(
                 self.families,
-                refresh_fraction=1.0,
+                refresh_fraction=self.refresh_fraction,
                 seed=self.seed + 1_000_003,
                 shard=s,
                 device=device,
                 **self.pool_kwargs,
             )
             for _ in range(self.num_val_batches):
-                pool.advance()
+                for _ in range(max(1, self.val_burn_in_steps)):
+                    pool.advance()
                 batches.append(self.finish(self.sample(pool, self.samples_per_shard, augment=False)))
         return DataLoader(batches, batch_size=None, num_workers=0)
 
