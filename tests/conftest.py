@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -38,3 +41,18 @@ def conf_dir() -> Path:
 def tiny_run() -> list[str]:
     """Overrides that shrink any autoencoder experiment to a few-second run."""
     return list(TINY_RUN)
+
+
+def pfm_train(
+    args: Sequence[str], out: Path, *, full_error: bool = False, timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """Run ``python -m pfm.train *args`` with run folder and working directory ``out``; wandb offline."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HYDRA_FULL_ERROR": "1" if full_error else "0",
+    }
+    cmd = [sys.executable, "-m", "pfm.train", *args, f"hydra.run.dir={out}"]
+    return subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=timeout)

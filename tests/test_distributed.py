@@ -5,13 +5,12 @@ same; ``task.sample_latent=false`` so no per-rank noise enters the loss."""
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import pfm_train
 
 from pfm.checkpoints.export import training_state_dict
 
@@ -38,9 +37,7 @@ STRATEGIES = ["ddp", "fsdp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_ze
 
 
 def _pfm_train(args: list[str], out: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
-    cmd = [sys.executable, "-m", "pfm.train", *RUN, *args, f"hydra.run.dir={out}"]
-    result = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=600)
+    result = pfm_train([*RUN, *args], out, full_error=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 

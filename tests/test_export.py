@@ -4,13 +4,11 @@ gives the same outputs as the task restored from the checkpoint."""
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import pfm_train
 from omegaconf import OmegaConf
 
 from pfm.checkpoints import load_exported, read_checkpoint
@@ -36,9 +34,7 @@ RUN = [
 
 
 def _train(out: Path, *args: str) -> Path:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
-    cmd = [sys.executable, "-m", "pfm.train", *RUN, *args, f"hydra.run.dir={out}"]
-    result = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=600)
+    result = pfm_train([*RUN, *args], out, full_error=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return out / "checkpoints" / "step0000002.ckpt"
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import csv
 import functools
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from conftest import pfm_train
 from safetensors.torch import save_file
 
 from pfm.checkpoints.pretrained import load_pretrained
@@ -101,18 +99,6 @@ def test_official_tadpole_files_load_and_mismatches_are_named(tmp_path: Path) ->
         load_pretrained(target, tmp_path / "missing.ckpt")
 
 
-def _pfm_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", "pfm.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-
-
 @pytest.mark.slow
 def test_tadpole_pretrain_then_finetune_through_pfm_train(tmp_path: Path) -> None:
     common = [
@@ -127,22 +113,18 @@ def test_tadpole_pretrain_then_finetune_through_pfm_train(tmp_path: Path) -> Non
         "checkpoint_every_n_steps=2",
     ]
     pre = tmp_path / "pretrain"
-    result = _pfm_train(
-        ["experiment=tadpole_pretrain", "data.n=32", "data.crop=16", *common, f"hydra.run.dir={pre}"],
-        tmp_path,
-    )
+    result = pfm_train(["experiment=tadpole_pretrain", "data.n=32", "data.crop=16", *common], pre)
     assert result.returncode == 0, result.stderr[-3000:]
     fine = tmp_path / "finetune"
-    result = _pfm_train(
+    result = pfm_train(
         [
             "experiment=tadpole_finetune",
             f"init_from={pre / 'checkpoints' / 'last.ckpt'}",
             "data.n=32",
             "data.window=3",
             *common,
-            f"hydra.run.dir={fine}",
         ],
-        tmp_path,
+        fine,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(fine / "csv" / "metrics.csv") as f:

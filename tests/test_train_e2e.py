@@ -4,32 +4,22 @@ the clear errors for bad crops and config keys."""
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RUN, pfm_train
 from omegaconf import OmegaConf
 
 from pfm.tasks import nrmse
 from pfm.train import build_task
 
 
-def _pfm_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    cmd = [sys.executable, "-m", "pfm.train", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run the demo experiment for 3 steps with a tiny grid; returns its run folder."""
-    from conftest import TINY_RUN
-
     out = tmp_path_factory.mktemp("demo_run")
-    result = _pfm_train(["experiment=demo", *TINY_RUN, f"hydra.run.dir={out}"], cwd=out)
+    result = pfm_train(["experiment=demo", *TINY_RUN], out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -69,7 +59,7 @@ def test_checkpoint_reloads_to_the_logged_validation_error(demo_run: Path) -> No
 
 
 def test_crop_larger_than_grid_fails_before_training(tmp_path: Path, tiny_run: list[str]) -> None:
-    result = _pfm_train([*tiny_run, "data.n=16", "data.crop=32", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+    result = pfm_train([*tiny_run, "data.n=16", "data.crop=32"], tmp_path)
     assert result.returncode != 0
     assert "data.crop=32" in result.stderr and "data.n=16" in result.stderr
     assert not (tmp_path / "checkpoints").exists()
@@ -78,19 +68,19 @@ def test_crop_larger_than_grid_fails_before_training(tmp_path: Path, tiny_run: l
 def test_crop_not_divisible_by_downsampling_fails_before_training(
     tmp_path: Path, tiny_run: list[str]
 ) -> None:
-    result = _pfm_train([*tiny_run, "data.crop=14", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+    result = pfm_train([*tiny_run, "data.crop=14"], tmp_path)
     assert result.returncode != 0
     assert "data.crop=14" in result.stderr and "downsampling factor 16" in result.stderr
     assert not (tmp_path / "checkpoints").exists()
 
 
 def test_unknown_key_on_the_command_line_is_named(tmp_path: Path) -> None:
-    result = _pfm_train(["trainer.max_stpes=3", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+    result = pfm_train(["trainer.max_stpes=3"], tmp_path)
     assert result.returncode != 0
     assert "max_stpes" in result.stderr
 
 
 def test_missing_value_is_named(tmp_path: Path, tiny_run: list[str]) -> None:
-    result = _pfm_train([*tiny_run, "data.crop=???", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+    result = pfm_train([*tiny_run, "data.crop=???"], tmp_path)
     assert result.returncode != 0
     assert "data.crop" in result.stderr
