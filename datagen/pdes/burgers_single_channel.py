@@ -15,36 +15,20 @@ from collections.abc import Callable
 import torch
 
 from datagen.nonlinear import single_channel_convection
-from datagen.pdes._base import PDE, Limit, cell_reynolds, cfl, nonnegative, register
-from datagen.spectral import Grid, SpectralOps
+from datagen.pdes._base import register
+from datagen.pdes.burgers import Burgers
+from datagen.spectral import SpectralOps
 
 
 @register
-class BurgersSingleChannel(PDE):
-    """``u_t = -b/2 sum_j d_j (u^2) + nu Δu``."""
+class BurgersSingleChannel(Burgers):
+    """``u_t = -b/2 sum_j d_j (u^2) + nu Δu``; linear part and limits as vector Burgers."""
 
     name = "burgers_single_channel"
-    coefficients = {"diffusivity": 0.1, "convection_scale": 1.0}
-
-    def linear(
-        self, ops: SpectralOps, diffusivity: torch.Tensor, convection_scale: torch.Tensor
-    ) -> torch.Tensor:
-        """``-nu |k|^2``."""
-        return diffusivity * ops.laplacian
+    is_vector = False
 
     def nonlinear(
         self, ops: SpectralOps, diffusivity: torch.Tensor, convection_scale: torch.Tensor
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         """``-b/2 sum_j d_j (u^2)``."""
         return single_channel_convection(ops, convection_scale)
-
-    def limits(
-        self, grid: Grid, dt: float, order: int, diffusivity: float, convection_scale: float
-    ) -> list[Limit]:
-        """Nonnegative viscosity, resolved shocks, convective CFL."""
-        speed = convection_scale * self.amplitude
-        return [
-            nonnegative("diffusivity", diffusivity),
-            cell_reynolds(speed, diffusivity, grid),
-            cfl(speed, grid, dt, order, "convection"),
-        ]

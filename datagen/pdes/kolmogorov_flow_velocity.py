@@ -75,11 +75,16 @@ class KolmogorovFlowVelocity(PDE):
         """Navier-Stokes limits and a resolved forcing mode."""
         return [
             *velocity_limits(self.amplitude, grid, dt, order, diffusivity, drag),
-            Limit(
-                "injection_mode",
-                round(injection_mode),
-                grid.n // 6,
-                f"use injection_mode <= {grid.n // 6} or more grid points",
-            ),
-            Limit("injection_mode", round(injection_mode), 1, "use injection_mode >= 1", upper=False),
+            *injection_mode_limits(injection_mode, grid),
         ]
+
+
+def injection_mode_limits(injection_mode: float, grid: Grid) -> list[Limit]:
+    """The forcing mode of the Kolmogorov families: at least 1, and resolved (at most n / 6)."""
+    mode = round(injection_mode)
+    return [
+        Limit(
+            "injection_mode", mode, grid.n // 6, f"use injection_mode <= {grid.n // 6} or more grid points"
+        ),
+        Limit("injection_mode", mode, 1, "use injection_mode >= 1", upper=False),
+    ]

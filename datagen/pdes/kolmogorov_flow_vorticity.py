@@ -17,7 +17,7 @@ import torch
 
 from datagen.nonlinear import vorticity_convection
 from datagen.pdes._base import PDE, Limit, register
-from datagen.pdes.kolmogorov_flow_velocity import kolmogorov_forcing
+from datagen.pdes.kolmogorov_flow_velocity import injection_mode_limits, kolmogorov_forcing
 from datagen.pdes.navier_stokes_vorticity import vorticity_limits
 from datagen.spectral import Grid, SpectralOps
 
@@ -68,11 +68,5 @@ class KolmogorovFlowVorticity(PDE):
         """Vorticity limits and a resolved forcing mode."""
         return [
             *vorticity_limits(self.amplitude, grid, dt, order, diffusivity, convection_scale, drag),
-            Limit(
-                "injection_mode",
-                round(injection_mode),
-                grid.n // 6,
-                f"use injection_mode <= {grid.n // 6} or more grid points",
-            ),
-            Limit("injection_mode", round(injection_mode), 1, "use injection_mode >= 1", upper=False),
+            *injection_mode_limits(injection_mode, grid),
         ]
