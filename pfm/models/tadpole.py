@@ -167,19 +167,24 @@ def _add(x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
     return x if skip is None else x + skip
 
 
+def _stage_args(config: TadpoleConfig, attention_backend: str) -> dict[str, object]:
+    """Keyword arguments shared by every `WindowStage` of encoder and decoder."""
+    return {
+        "depth": config.depth,
+        "num_heads": config.num_heads,
+        "window_size": config.window_size,
+        "mlp_ratio": config.mlp_ratio,
+        "attention_backend": attention_backend,
+    }
+
+
 class TransformerEncoder(nn.Module):
     """Windowed transformer: (N, h, X, Y, Z) -> (N, 4h, X/4, Y/4, Z/4): 2 stages, 2 downsamplings, 1 stage."""
 
     def __init__(self, config: TadpoleConfig, attention_backend: str) -> None:
         super().__init__()
         h = config.hidden_size
-        stage_args = dict(
-            depth=config.depth,
-            num_heads=config.num_heads,
-            window_size=config.window_size,
-            mlp_ratio=config.mlp_ratio,
-            attention_backend=attention_backend,
-        )
+        stage_args = _stage_args(config, attention_backend)
         self.encoder_levels = nn.ModuleList([WindowStage(h, **stage_args), WindowStage(2 * h, **stage_args)])
         self.downsamples = nn.ModuleList([Downsample(h), Downsample(2 * h)])
         self.latent = WindowStage(4 * h, **stage_args)
@@ -201,13 +206,7 @@ class TransformerDecoder(nn.Module):
     def __init__(self, config: TadpoleConfig, attention_backend: str) -> None:
         super().__init__()
         h = config.hidden_size
-        stage_args = dict(
-            depth=config.depth,
-            num_heads=config.num_heads,
-            window_size=config.window_size,
-            mlp_ratio=config.mlp_ratio,
-            attention_backend=attention_backend,
-        )
+        stage_args = _stage_args(config, attention_backend)
         self.upsamples = nn.ModuleList([Upsample(4 * h), Upsample(2 * h)])
         self.decoder_levels = nn.ModuleList([WindowStage(2 * h, **stage_args), WindowStage(h, **stage_args)])
         self.final_layer = FinalLayer(h)

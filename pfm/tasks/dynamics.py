@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import torch
-from torch import nn
 
 from pfm.tasks.autoencoder import nrmse
 from pfm.tasks.base import Task
@@ -23,15 +20,6 @@ class DynamicsTask(Task):
     the prediction is mapped back with the same statistics, so the model works at the scale it was
     pretrained at while the loss keeps the physical scale.
     """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        pde_names: Sequence[str] = (),
-    ) -> None:
-        super().__init__(model, optimizer, scheduler, pde_names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One step: state ``(B, C, X, Y, Z)`` at t to the predicted state at t + dt."""
