@@ -254,7 +254,7 @@ class _StepClock:
 def _build(args: argparse.Namespace) -> tuple[Any, list[dict[str, torch.Tensor]], dict[str, Any], Any]:
     from hydra import compose, initialize_config_dir
 
-    from pfm.train import CONF_DIR, build_task
+    from pfm.build import CONF_DIR, build_task
 
     overrides = [
         f"model={args.model}",

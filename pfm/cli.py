@@ -1,11 +1,20 @@
-"""pfm: utilities around training: ``pfm info``, ``pfm export CKPT --out DIR`` (download, evaluate to come)."""
+"""pfm: utilities around training (``pfm info``, ``pfm export CKPT --out DIR``, and the subcommands below).
+
+Each subcommand group lives beside the code it drives and registers itself through an ``add_parser(sub)``
+function in a module listed in ``_SUBCOMMAND_MODULES``; this file only assembles them, so a new command is one
+line here and one module there.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 __all__ = ["main"]
+
+# Modules with ``add_parser(subparsers) -> None``; each adds its subcommands with ``set_defaults(func=...)``.
+_SUBCOMMAND_MODULES: list[str] = []
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -28,9 +37,9 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen subcommand."""
-    parser = argparse.ArgumentParser(prog="pfm", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pfm`` argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(prog="pfm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and registered PDE families").set_defaults(func=_info)
     export = sub.add_parser(
@@ -39,7 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("checkpoint", help="a step*.ckpt / last.ckpt file or DeepSpeed checkpoint folder")
     export.add_argument("--out", required=True, help="output folder (created if missing)")
     export.set_defaults(func=_export)
-    args = parser.parse_args(argv)
+    for name in _SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen subcommand."""
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

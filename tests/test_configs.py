@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
-from pfm.train import CONF_DIR, build_model
+from pfm.build import CONF_DIR, build_model
 
 GROUPS = ["model", "data", "head", "task", "strategy", "trainer", "logger", "experiment"]
 

@@ -73,3 +73,26 @@ def test_hydra_only_at_entry_points() -> None:
         if p not in allowed and _hydra_composition_imports(p)
     }
     assert not offenders, f"Hydra composition belongs to the entry points only: {offenders}"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_nothing_imports_the_entry_points() -> None:
+    """pfm.train and pfm.cli are entry points: library code below them never imports them (no cycles)."""
+    entry_points = {"pfm.train", "pfm.cli"}
+    offenders = {
+        str(p): sorted(_imported_modules(p) & entry_points)
+        for p in list((REPO / "pfm").rglob("*.py")) + list((REPO / "datagen").rglob("*.py"))
+        if p.name not in {"train.py", "cli.py"} or p.parent != REPO / "pfm"
+        if _imported_modules(p) & entry_points
+    }
+    assert not offenders, f"entry points must not be imported by library code: {offenders}"

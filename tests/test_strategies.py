@@ -12,9 +12,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from pfm.build import CONF_DIR, build_model
 from pfm.distributed import STRATEGIES, StrategySetup, available_strategies, build_strategy, find_blocks
 from pfm.distributed.parallelize import prepare_model
-from pfm.train import CONF_DIR, build_model
 
 STRATEGY_FILES = sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml"))
 MODEL_FILES = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))

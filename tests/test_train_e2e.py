@@ -11,8 +11,8 @@ import torch
 from conftest import TINY_RUN, pfm_train
 from omegaconf import OmegaConf
 
+from pfm.build import build_task
 from pfm.tasks import nrmse
-from pfm.train import build_task
 
 
 @pytest.fixture(scope="module")

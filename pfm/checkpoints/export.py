@@ -143,7 +143,7 @@ def load_exported(directory: str | Path, verify: bool = True) -> nn.Module:
     from hydra.utils import instantiate
     from safetensors.torch import load_file
 
-    from pfm.train import _accepted, build_model
+    from pfm.build import accepted, build_model
 
     directory = Path(directory)
     if verify:
@@ -159,6 +159,6 @@ def load_exported(directory: str | Path, verify: bool = True) -> nn.Module:
     model = build_model(config.model, spec)
     if config.get("head") and config.head.get("_target_"):
         head = instantiate(config.head, _partial_=True)
-        model = head(model, **_accepted(head.func, spec))
+        model = head(model, **accepted(head.func, spec))
     model.load_state_dict(load_file(directory / "model.safetensors"))
     return model.eval()

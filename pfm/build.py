@@ -1,0 +1,84 @@
+"""Build data, model, head and task from a composed config: used by pfm-train, export and loading.
+
+This module sits below the entry points (``pfm.train``, ``pfm.cli``) and above the packages they combine, so
+that nothing has to import an entry point. Shapes that come from the data (channels, crop size) are passed
+from the DataModule's ``spec`` into the model, never written in YAML.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from pfm.checkpoints.pretrained import load_pretrained
+from pfm.distributed import StrategySetup
+
+__all__ = ["CONF_DIR", "accepted", "build_model", "build_task", "run_info"]
+
+CONF_DIR = Path(os.environ.get("PFM_CONFIG_DIR", Path(__file__).resolve().parents[1] / "conf"))
+
+
+def accepted(target: Any, available: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``available`` that ``target``'s signature accepts by name."""
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(available)
+    return {k: v for k, v in available.items() if k in params}
+
+
+def build_model(model_cfg: DictConfig, spec: Mapping[str, Any]) -> Any:
+    """Instantiate ``model_cfg`` with the data-derived shapes in ``spec`` that its constructor accepts."""
+    target = get_method(model_cfg._target_)
+    crop = spec.get("crop_size")
+    # Checked before and after construction: a class-level factor fails before any weights are allocated.
+    _check_divisible(crop, getattr(target, "downsample_factor", 1))
+    model = instantiate(model_cfg, **accepted(target, spec))
+    _check_divisible(crop, getattr(model, "downsample_factor", 1))
+    return model
+
+
+def _check_divisible(crop: int | None, factor: int) -> None:
+    if crop is not None and crop % factor:
+        lower = max(factor, crop // factor * factor)
+        raise ValueError(
+            f"data.crop={crop} is not divisible by the model's downsampling factor {factor}; "
+            f"choose a multiple of {factor}, e.g. data.crop={lower} or data.crop={lower + factor}."
+        )
+
+
+def build_task(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """Build the DataModule and the task (model, optional head, objective) described by ``cfg``."""
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg.model, datamodule.spec)
+    if cfg.get("init_from"):
+        load_pretrained(model, cfg.init_from)
+    if cfg.get("head") and cfg.head.get("_target_"):
+        head = instantiate(cfg.head, _partial_=True)
+        model = head(model, **accepted(head.func, datamodule.spec))
+    task_extras = {"pde_names": getattr(datamodule, "pde_names", [])}
+    task = instantiate(cfg.task, model=model, **accepted(get_method(cfg.task._target_), task_extras))
+    return datamodule, task
+
+
+def run_info(cfg: DictConfig, datamodule: L.LightningDataModule, setup: StrategySetup) -> dict[str, Any]:
+    """What a checkpoint records about its run: resume compares part of it, export rebuilds from it."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    head = container.get("head") if cfg.get("head") and cfg.head.get("_target_") else None
+    return {
+        "model": container["model"],
+        "head": head,
+        "task_target": cfg.task._target_,
+        "data_spec": dict(getattr(datamodule, "spec", {})),
+        "num_data_shards": cfg.data.get("num_data_shards"),
+        # DeepSpeed writes folders of shards that only DeepSpeed reads back; the others write one file
+        "checkpoint_format": "deepspeed" if setup.name.startswith("deepspeed") else "file",
+        "strategy": setup.name,
+        "config": container,
+    }
