@@ -8,14 +8,28 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "current_umask"]
+
+
+def current_umask() -> int:
+    """The process's file-creation mask, read without changing it (``/proc``), else by a set-and-restore."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    # fallback (no /proc): briefly sets the mask, which another thread creating a file could observe
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on error removed.
 
-    Readers never see a half-written file, because ``os.replace`` is atomic within one file system.
+    Readers never see a half-written file, because ``os.replace`` is atomic within one file system. The
+    file ends with the permissions of a plain ``open()`` (0666 less the umask): ``mkstemp`` creates its file
+    0600, which would hide outputs from the user's group or a web server.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,6 +37,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # the writer may have replaced the file (e.g. savefig reopens it); set the mode on what is there
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from pfm.build import CONF_DIR, build_task, run_info
-from pfm.callbacks import ExamplePlot, LossCurvePlot, ThroughputMonitor
+from pfm.callbacks import ExamplePlot, LossCurvePlot, StepProgressBar, ThroughputMonitor
 from pfm.checkpoints import PeriodicCheckpoint, check_compatible, resolve_resume
 from pfm.distributed import GlobalLoss, build_strategy
 
@@ -54,6 +54,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
     ]
     if cfg.plots:
         callbacks += [LossCurvePlot(output_dir), ExamplePlot(output_dir)]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar())  # step k/max_steps: the run is one endless epoch
     trainer = instantiate(
         cfg.trainer,
         logger=loggers or False,

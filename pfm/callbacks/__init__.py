@@ -1,9 +1,10 @@
-"""Lightning callbacks: plots and throughput monitoring.
+"""Lightning callbacks: plots, throughput monitoring and the step progress bar.
 
-Public names: ``LossCurvePlot``, ``ExamplePlot``, ``ThroughputMonitor``.
+Public names: ``LossCurvePlot``, ``ExamplePlot``, ``ThroughputMonitor``, ``StepProgressBar``.
 """
 
 from pfm.callbacks.plots import ExamplePlot, LossCurvePlot
+from pfm.callbacks.progress import StepProgressBar
 from pfm.callbacks.throughput import ThroughputMonitor
 
-__all__ = ["ExamplePlot", "LossCurvePlot", "ThroughputMonitor"]
+__all__ = ["ExamplePlot", "LossCurvePlot", "StepProgressBar", "ThroughputMonitor"]

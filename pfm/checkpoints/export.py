@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from pfm.checkpoints.files import is_complete, read_checkpoint
+from pfm.io import atomic_path
 
 __all__ = ["export_checkpoint", "load_exported", "training_state_dict"]
 
@@ -49,12 +50,10 @@ def training_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _model_card(info: Mapping[str, Any], step: int | None, num_params: int, source: Path) -> str:
