@@ -1,13 +1,14 @@
 """Models: plain ``nn.Module``s with no Lightning, Hydra or I/O.
 
 Public names: ``ConvVAE``, ``PatchDiscriminator3d``, ``TadpoleAutoencoder``, ``TadpoleEncoder``,
-``TadpoleDecoder``.
+``TadpoleDecoder``, ``GPhyT``.
 """
 
 from pfm.models.conv_vae import ConvVAE
 from pfm.models.discriminator import PatchDiscriminator3d
+from pfm.models.gphyt import GPhyT
 
-__all__ = ["ConvVAE", "PatchDiscriminator3d"]
+__all__ = ["ConvVAE", "GPhyT", "PatchDiscriminator3d"]
 
 from pfm.models.tadpole import TadpoleAutoencoder, TadpoleDecoder, TadpoleEncoder
 

@@ -1,0 +1,490 @@
+"""GPhyT: a transformer neural differentiator over named physical fields, loading the official weights.
+
+A plain `nn.Module` reimplementation of the General Physics Transformer ("Towards a Physics Foundation
+Model", weights on Hugging Face `flwi/Physics-Foundation-Model`, files `gphyt-{S,M,L,XL}.pth`). From a short
+context of frames it predicts the time derivative of every field at the last frame; an integrator turns it
+into the next frame. `GPhyT.from_official` loads an official state dict (the double q/k/v projection folded
+into one matrix) and reproduces the official output; `to_official_state_dict` exports back.
+
+Public names:
+- `GPhyT`: the model.
+- `GPHYT_SIZES`: S/M/L/XL widths (`hidden_dim`, `mlp_dim`, `num_heads`, `num_layers`).
+- `OFFICIAL_FIELDS`: the field vocabulary of the official weights, in their channel order.
+- `INTEGRATORS`: the accepted integrator names.
+
+Architecture, for a window `x` of shape (B, T, *spatial, C) with C named fields:
+    features: the fields, their central differences along t and along every spatial axis
+              (stencil [-1, 0, 1], not divided by 2, replicate padding)       -> (B, T, *spatial, (2+N) C)
+    tokenizer: linear map of each (pt, p1, ..., pN) patch (the official Conv3d with kernel = stride = patch)
+              + a learned "absent" embedding for every vocabulary field the batch lacks
+              + learned absolute position embedding (interpolated to other grids) or axial RoPE
+    blocks:   pre-LayerNorm transformer blocks, full attention over all space-time tokens
+    detokenizer: linear map of the last time patch's tokens back to pixels (the official ConvTranspose3d)
+              -> derivative of the last frame, (B, *spatial, C)
+The official model sees exactly 4 frames of 256x128 with the 5 fields of `OFFICIAL_FIELDS`; this one takes
+1..num_frames frames, any grid whose sides are multiples of the patch, 1D/2D/3D fields, and any subset or
+order of its vocabulary, named per batch.
+
+Integrators (`step`): with f(window) the derivative of the window's last frame u and h = dt,
+    euler: u + h f(w)
+    heun:  u + h/2 (k1 + k2),  k1 = f(w), k2 = f(w + [u + h k1])
+    rk4:   u + h/6 (k1 + 2 k2 + 2 k3 + k4),  k1 = f(w), k2 = f(w + [u + h/2 k1]), k3 = f(w + [u + h/2 k2]),
+           k4 = f(w + [u + h k3])
+where `w + [v]` is the window the next step would see if v were the next frame: v appended, and the oldest
+frame dropped once the window holds num_frames frames. Euler with dt = 1 is the official model.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pfm.models.layers.attention import check_attention_backend
+from pfm.models.layers.vit import TransformerBlock, axial_rope
+
+__all__ = ["GPHYT_SIZES", "INTEGRATORS", "OFFICIAL_FIELDS", "GPhyT"]
+
+OFFICIAL_FIELDS: tuple[str, ...] = ("pressure", "density", "temperature", "vel_x", "vel_y")
+GPHYT_SIZES: dict[str, dict[str, int]] = {
+    "S": {"hidden_dim": 192, "mlp_dim": 768, "num_heads": 3, "num_layers": 12},
+    "M": {"hidden_dim": 768, "mlp_dim": 3072, "num_heads": 12, "num_layers": 12},
+    "L": {"hidden_dim": 1024, "mlp_dim": 4096, "num_heads": 16, "num_layers": 24},
+    "XL": {"hidden_dim": 1280, "mlp_dim": 5120, "num_heads": 16, "num_layers": 32},
+}
+INTEGRATORS: tuple[str, ...] = ("euler", "heun", "rk4")
+POSITIONS: tuple[str, ...] = ("absolute", "rope")
+# Defaults per number of spatial axes: the grid the position embedding is trained on, and (t, *space) patches.
+_DEFAULT_GRID = {1: (256,), 2: (256, 128), 3: (64, 64, 64)}
+_DEFAULT_PATCH = {1: (1, 16), 2: (1, 16, 16), 3: (1, 8, 8, 8)}
+_INTERPOLATION = {1: "linear", 2: "bicubic", 3: "trilinear"}
+
+
+def derivative_features(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, *spatial, C) -> (B, T, *spatial, 2 + N, C): the fields, then d/dt and d/d(axis) for each axis.
+
+    Central differences `x[i+1] - x[i-1]` (the official stencil, not halved) with replicate padding.
+    """
+    features = [x]
+    for axis in range(1, x.ndim - 1):
+        n = x.shape[axis]
+        padded = torch.cat((x.narrow(axis, 0, 1), x, x.narrow(axis, n - 1, 1)), dim=axis)
+        features.append(padded.narrow(axis, 2, n) - padded.narrow(axis, 0, n))
+    return torch.stack(features, dim=-2)
+
+
+def _patchify(x: torch.Tensor, patch: Sequence[int]) -> torch.Tensor:
+    """(B, T, *spatial, K) -> (B, T/pt, *spatial/p, pt * prod(p) * K), patch entries ordered (pt, *p, K)."""
+    batch, sizes, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
+    split = [batch]
+    for size, p in zip(sizes, patch, strict=True):
+        split += [size // p, p]
+    nd = len(patch)
+    order = [0, *range(1, 2 * nd, 2), *range(2, 2 * nd + 1, 2), 2 * nd + 1]
+    return x.reshape([*split, channels]).permute(order).flatten(nd + 1)
+
+
+def _unpatchify(x: torch.Tensor, patch: Sequence[int], channels: int) -> torch.Tensor:
+    """Inverse of `_patchify`: (B, *n, prod(patch) * K) -> (B, *(n * patch), K)."""
+    batch, counts, nd = x.shape[0], x.shape[1:-1], len(patch)
+    x = x.reshape(batch, *counts, *patch, channels)
+    order = [0]
+    for i in range(nd):
+        order += [1 + i, 1 + nd + i]
+    return x.permute([*order, 2 * nd + 1]).reshape(
+        batch, *(n * p for n, p in zip(counts, patch, strict=True)), channels
+    )
+
+
+class FieldTokenizer(nn.Module):
+    """Patch embedding with per-field input weights: (B, T, *spatial, F, C) -> (B, nT, *n, hidden).
+
+    `weight` is (hidden, F, vocabulary, *patch): F feature kinds (field, d/dt, d/daxis...) for every
+    vocabulary field. A batch uses only the columns of its own fields, which equals zero-filling the others.
+    """
+
+    def __init__(self, hidden_dim: int, num_features: int, num_fields: int, patch: Sequence[int]) -> None:
+        super().__init__()
+        self.patch = tuple(patch)
+        fan_in = num_features * num_fields * math.prod(patch)
+        bound = fan_in**-0.5  # the Conv3d default scale
+        self.weight = nn.Parameter(
+            torch.empty(hidden_dim, num_features, num_fields, *patch).uniform_(-bound, bound)
+        )
+        self.bias = nn.Parameter(torch.empty(hidden_dim).uniform_(-bound, bound))
+
+    def forward(self, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """features (B, T, *spatial, F, C) with C = len(index) vocabulary indices -> (B, nT, *n, hidden)."""
+        weight = self.weight.index_select(2, index)  # (hidden, F, C, *patch)
+        nd = len(self.patch)
+        weight = weight.permute(0, *range(3, 3 + nd), 1, 2).flatten(1)  # entries ordered (*patch, F, C)
+        return F.linear(_patchify(features.flatten(-2), self.patch), weight, self.bias)
+
+    def extend(self, num_new: int) -> None:
+        """Add input columns for `num_new` fields, drawn with the spread of the existing ones."""
+        with torch.no_grad():
+            std = self.weight.std() if self.weight.numel() > 1 else torch.tensor(0.02)
+            shape = list(self.weight.shape)
+            shape[2] = num_new
+            new = torch.randn(shape, dtype=self.weight.dtype, device=self.weight.device) * std
+            self.weight = nn.Parameter(torch.cat((self.weight, new), dim=2))
+
+
+class FieldDetokenizer(nn.Module):
+    """Per-field linear un-patching: (B, nT, *n, hidden) -> (B, nT pt, *(n p), C) for the selected fields.
+
+    `weight` is (hidden, vocabulary, *patch) and `bias` (vocabulary,): the official ConvTranspose3d layout.
+    """
+
+    def __init__(self, hidden_dim: int, num_fields: int, patch: Sequence[int]) -> None:
+        super().__init__()
+        self.patch = tuple(patch)
+        self.weight = nn.Parameter(torch.empty(hidden_dim, num_fields, *patch))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        self.bias = nn.Parameter(torch.zeros(num_fields))
+
+    def forward(self, tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """tokens (B, nT, *n, hidden) -> (B, nT pt, *(n p), C), C = len(index) vocabulary indices."""
+        nd = len(self.patch)
+        weight = self.weight.index_select(1, index).permute(0, *range(2, 2 + nd), 1).flatten(1)
+        out = _unpatchify(tokens @ weight, self.patch, index.numel())
+        return out + self.bias.index_select(0, index).to(out.dtype)
+
+    def extend(self, num_new: int) -> None:
+        """Add zero output weights and biases for `num_new` fields: their derivative starts at 0."""
+        with torch.no_grad():
+            shape = list(self.weight.shape)
+            shape[1] = num_new
+            self.weight = nn.Parameter(torch.cat((self.weight, self.weight.new_zeros(shape)), dim=1))
+            self.bias = nn.Parameter(torch.cat((self.bias, self.bias.new_zeros(num_new))))
+
+
+def _resolve_widths(size: str | None, overrides: Mapping[str, int | None]) -> dict[str, int]:
+    """The widths of `size`, with any explicit (non-None) width taking precedence."""
+    if size is not None and size not in GPHYT_SIZES:
+        raise ValueError(f"size={size!r} is not a GPhyT size; expected one of {list(GPHYT_SIZES)} or None.")
+    widths: dict[str, Any] = dict(GPHYT_SIZES[size]) if size is not None else {}
+    widths.update({k: v for k, v in overrides.items() if v is not None})
+    missing = [k for k in GPHYT_SIZES["S"] if k not in widths]
+    if missing:
+        raise ValueError(f"size=None needs explicit {missing}; pass them or choose size='S'|'M'|'L'|'XL'.")
+    return widths
+
+
+class GPhyT(nn.Module):
+    """General Physics Transformer: window (B, T, *spatial, C) of named fields -> next frame (B, 1, *spatial, C).
+
+    Args:
+        size: "S" | "M" | "L" | "XL" (see `GPHYT_SIZES`), or None with every width given explicitly.
+        hidden_dim, mlp_dim, num_heads, num_layers: override the widths of `size`.
+        fields: the field vocabulary (names); a batch may name any subset of it, in any order.
+        num_frames: the most context frames the model takes (the absolute embedding's time length).
+        grid: spatial sides the absolute position embedding is trained on; default (256, 128) in 2D,
+            (64, 64, 64) in 3D. Other grids (sides multiples of the patch) are interpolated.
+        patch_size: (t, *spatial) patch; default (1, 16, 16) in 2D and (1, 8, 8, 8) in 3D.
+        num_spatial_dims: 1, 2 or 3.
+        integrator: "euler" | "heun" | "rk4", used by `forward`/`step`/`rollout`; dt its step.
+        position: "absolute" (learned, the official model) or "rope" (axial rotary, for pfm-trained models).
+        attention_backend: "sdpa" | "math" | "xformers" (CUDA only).
+        dropout: dropout on attention weights and MLP outputs while training.
+    """
+
+    def __init__(
+        self,
+        size: str | None = "S",
+        *,
+        hidden_dim: int | None = None,
+        mlp_dim: int | None = None,
+        num_heads: int | None = None,
+        num_layers: int | None = None,
+        fields: Sequence[str] = OFFICIAL_FIELDS,
+        num_frames: int = 4,
+        grid: Sequence[int] | None = None,
+        patch_size: Sequence[int] | None = None,
+        num_spatial_dims: int = 2,
+        integrator: str = "euler",
+        dt: float = 1.0,
+        position: str = "absolute",
+        attention_backend: str = "sdpa",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        widths = _resolve_widths(
+            size,
+            {"hidden_dim": hidden_dim, "mlp_dim": mlp_dim, "num_heads": num_heads, "num_layers": num_layers},
+        )
+        if num_spatial_dims not in _DEFAULT_GRID:
+            raise ValueError(f"num_spatial_dims={num_spatial_dims} is not supported; expected 1, 2 or 3.")
+        grid = tuple(int(g) for g in (grid if grid is not None else _DEFAULT_GRID[num_spatial_dims]))
+        patch = tuple(
+            int(p) for p in (patch_size if patch_size is not None else _DEFAULT_PATCH[num_spatial_dims])
+        )
+        if len(grid) != num_spatial_dims or len(patch) != num_spatial_dims + 1:
+            raise ValueError(
+                f"grid={list(grid)} and patch_size={list(patch)} do not fit num_spatial_dims={num_spatial_dims}: "
+                f"expected {num_spatial_dims} grid sides and {num_spatial_dims + 1} patch entries (t, *spatial), "
+                f"e.g. grid={list(_DEFAULT_GRID[num_spatial_dims])} patch_size={list(_DEFAULT_PATCH[num_spatial_dims])}."
+            )
+        if (
+            num_frames < 1
+            or num_frames % patch[0]
+            or any(g % p or g < 1 for g, p in zip(grid, patch[1:], strict=True))
+        ):
+            raise ValueError(
+                f"num_frames={num_frames} and grid={list(grid)} must be positive multiples of patch_size="
+                f"{list(patch)} (t, *spatial); choose sides divisible by the patch."
+            )
+        if integrator not in INTEGRATORS:
+            raise ValueError(
+                f"integrator={integrator!r} is not supported; expected one of {list(INTEGRATORS)}."
+            )
+        if position not in POSITIONS:
+            raise ValueError(f"position={position!r} is not supported; expected one of {list(POSITIONS)}.")
+        self.fields: tuple[str, ...] = _check_names(fields, "fields")
+        self.num_frames, self.grid, self.patch_size = int(num_frames), grid, patch
+        self.num_spatial_dims, self.integrator, self.dt, self.position = (
+            num_spatial_dims,
+            integrator,
+            dt,
+            position,
+        )
+        self.hidden_dim, self.mlp_dim = widths["hidden_dim"], widths["mlp_dim"]
+        self.num_heads, self.num_layers = widths["num_heads"], widths["num_layers"]
+        self.num_finite_steps: int | None = None  # set by `rollout`
+        check_attention_backend(attention_backend)
+
+        dim, num_fields = self.hidden_dim, len(self.fields)
+        self.tokenizer = FieldTokenizer(dim, 2 + num_spatial_dims, num_fields, patch)
+        # Added to every token for each vocabulary field the batch lacks, so that "absent" differs from
+        # "present and zero". Loading official weights zeroes it: the official model zero-fills.
+        self.absent_embedding = nn.Parameter(0.02 * torch.randn(num_fields, dim))
+        token_grid = (num_frames // patch[0], *(g // p for g, p in zip(grid, patch[1:], strict=True)))
+        if position == "absolute":
+            self.pos_embedding = nn.Parameter(0.02 * torch.randn(1, *token_grid, dim))
+        else:
+            self.register_parameter("pos_embedding", None)
+            axial_rope(token_grid, dim // self.num_heads, torch.device("cpu"))  # fail early if too narrow
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, self.mlp_dim, self.num_heads, dropout, attention_backend)
+            for _ in range(self.num_layers)
+        )
+        self.detokenizer = FieldDetokenizer(dim, num_fields, patch)
+        for module in self.blocks.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    # ----------------------------------------------------------------------------------------------- fields
+    def _field_index(
+        self, fields: Sequence[str] | None, num_channels: int, device: torch.device
+    ) -> torch.Tensor:
+        """Vocabulary indices of the batch's channels, checked against the vocabulary and the channel count."""
+        names = self.fields if fields is None else _check_names(fields, "fields")
+        unknown = [n for n in names if n not in self.fields]
+        if unknown:
+            raise ValueError(
+                f"fields {unknown} are not in the model's vocabulary {list(self.fields)}; rename the data "
+                f"fields, or add them with model.extend_fields({unknown}) before fine-tuning."
+            )
+        if len(names) != num_channels:
+            raise ValueError(
+                f"the input has {num_channels} channels but {len(names)} field names {list(names)}; pass "
+                "fields=[...] naming every channel of the last axis, in order."
+            )
+        return torch.tensor([self.fields.index(n) for n in names], device=device)
+
+    def extend_fields(self, new_fields: Sequence[str]) -> None:
+        """Add `new_fields` to the vocabulary: new tokenizer inputs and detokenizer outputs; old weights kept.
+
+        New input weights are drawn with the spread of the existing ones; new output weights are zero (the
+        new fields' derivative starts at 0) and their absent embeddings zero, so outputs for batches of the
+        old fields do not change. Build the optimizer after calling this.
+        """
+        new = _check_names(new_fields, "new_fields")
+        clash = [n for n in new if n in self.fields]
+        if clash:
+            raise ValueError(
+                f"fields {clash} are already in the vocabulary {list(self.fields)}; pass only new names."
+            )
+        self.tokenizer.extend(len(new))
+        self.detokenizer.extend(len(new))
+        with torch.no_grad():
+            extra = self.absent_embedding.new_zeros(len(new), self.hidden_dim)
+            self.absent_embedding = nn.Parameter(torch.cat((self.absent_embedding, extra)))
+        self.fields = self.fields + new
+
+    # ---------------------------------------------------------------------------------------------- network
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Shape and finiteness of a window (B, T, *spatial, C), with errors that say what to change."""
+        nd = self.num_spatial_dims
+        if x.ndim != nd + 3:
+            layout = "(B, T, " + ", ".join("DHW"[3 - nd :]) + ", C)"
+            raise ValueError(f"expected a window {layout} (channels last), got shape {tuple(x.shape)}.")
+        frames, sides = x.shape[1], tuple(x.shape[2:-1])
+        if not 1 <= frames <= self.num_frames or frames % self.patch_size[0]:
+            raise ValueError(
+                f"the window has {frames} frames; this model takes 1..{self.num_frames} (num_frames), a multiple "
+                f"of the time patch {self.patch_size[0]}; pass the last {self.num_frames} frames."
+            )
+        if any(s % p for s, p in zip(sides, self.patch_size[1:], strict=True)):
+            fit = [max(p, s // p * p) for s, p in zip(sides, self.patch_size[1:], strict=True)]
+            raise ValueError(
+                f"spatial sides {list(sides)} are not multiples of the patch {list(self.patch_size[1:])}; "
+                f"crop or resample to multiples, e.g. {fit}."
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                "the input window contains NaN or Inf values; clean the data (GPhyT rejects them)."
+            )
+
+    def _positions(self, token_grid: Sequence[int]) -> torch.Tensor:
+        """The absolute embedding for `token_grid` (nT, *n): the last nT time rows, space interpolated."""
+        pe = self.pos_embedding
+        pe = pe[:, pe.shape[1] - token_grid[0] :]
+        if tuple(pe.shape[2:-1]) != tuple(token_grid[1:]):
+            moved = pe[0].movedim(-1, 1).float()  # (nT, hidden, *n): interpolation wants channels first
+            mode = _INTERPOLATION[self.num_spatial_dims]
+            moved = F.interpolate(moved, size=tuple(token_grid[1:]), mode=mode, align_corners=False)
+            pe = moved.movedim(1, -1).unsqueeze(0).to(pe.dtype)
+        return pe
+
+    def derivative(self, x: torch.Tensor, fields: Sequence[str] | None = None) -> torch.Tensor:
+        """The network output, the time derivative at the last frame: (B, T, *spatial, C) -> (B, *spatial, C).
+
+        `fields` names the C channels (default: the vocabulary, in order); vocabulary fields not named are
+        absent: their inputs are zero and their absent embeddings are added to every token.
+        """
+        self._check_input(x)
+        index = self._field_index(fields, x.shape[-1], x.device)
+        tokens = self.tokenizer(derivative_features(x), index)
+        if index.numel() < len(self.fields):
+            present = torch.zeros(len(self.fields), dtype=torch.bool, device=x.device)
+            present[index] = True
+            tokens = tokens + self.absent_embedding[~present].sum(0).to(tokens.dtype)
+        token_grid = tuple(tokens.shape[1:-1])
+        rope = None
+        if self.pos_embedding is not None:
+            tokens = tokens + self._positions(token_grid)
+        else:
+            rope = axial_rope(token_grid, self.hidden_dim // self.num_heads, x.device)
+        h = tokens.flatten(1, -2)
+        for block in self.blocks:
+            h = block(h, rope)
+        # Only the last frame's derivative is used: un-patch the last time patch only.
+        last = h.unflatten(1, token_grid)[:, -1:]
+        return self.detokenizer(last, index)[:, -1]
+
+    def _advance(self, window: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+        """`frame` (B, *spatial, C) appended to `window`, keeping at most num_frames frames."""
+        window = torch.cat((window, frame.unsqueeze(1).to(window.dtype)), dim=1)
+        return window[:, -self.num_frames :]
+
+    def step(
+        self,
+        x: torch.Tensor,
+        fields: Sequence[str] | None = None,
+        integrator: str | None = None,
+        dt: float | None = None,
+    ) -> torch.Tensor:
+        """One integrator step (see the module docstring): (B, T, *spatial, C) -> next frame (B, 1, *spatial, C)."""
+        integrator = self.integrator if integrator is None else integrator
+        h = self.dt if dt is None else dt
+        if integrator not in INTEGRATORS:
+            raise ValueError(
+                f"integrator={integrator!r} is not supported; expected one of {list(INTEGRATORS)}."
+            )
+
+        def f(window: torch.Tensor) -> torch.Tensor:
+            return self.derivative(window, fields)
+
+        u = x[:, -1]
+        k1 = f(x)
+        if integrator == "euler":
+            out = u + h * k1
+        elif integrator == "heun":
+            k2 = f(self._advance(x, u + h * k1))
+            out = u + h / 2 * (k1 + k2)
+        else:
+            k2 = f(self._advance(x, u + h / 2 * k1))
+            k3 = f(self._advance(x, u + h / 2 * k2))
+            k4 = f(self._advance(x, u + h * k3))
+            out = u + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        return out.unsqueeze(1)
+
+    def forward(self, x: torch.Tensor, fields: Sequence[str] | None = None) -> torch.Tensor:
+        """Next frame with the configured integrator: (B, T, *spatial, C) -> (B, 1, *spatial, C)."""
+        return self.step(x, fields)
+
+    def rollout(self, x: torch.Tensor, num_steps: int, fields: Sequence[str] | None = None) -> torch.Tensor:
+        """Autoregressive prediction with a sliding context: (B, T, *spatial, C) -> (B, K, *spatial, C).
+
+        Stops at the first step whose prediction holds a NaN or Inf (in any sample): K <= num_steps is the
+        number of finite steps, also stored in `self.num_finite_steps`. The window slides: each prediction
+        is appended and the oldest frame dropped once the window holds num_frames frames.
+        """
+        if num_steps < 0:
+            raise ValueError(f"num_steps={num_steps} must be >= 0.")
+        predictions: list[torch.Tensor] = []
+        window = x
+        for _ in range(num_steps):
+            frame = self.step(window, fields)
+            if not bool(torch.isfinite(frame).all()):
+                break
+            predictions.append(frame)
+            window = self._advance(window, frame[:, 0])
+        self.num_finite_steps = len(predictions)
+        if not predictions:
+            return x.new_empty(x.shape[0], 0, *x.shape[2:])
+        return torch.cat(predictions, dim=1)
+
+    # ------------------------------------------------------------------------------------ official weights
+    @classmethod
+    def from_official(cls, state_dict: Mapping[str, Any], size: str = "S", **kwargs: Any) -> GPhyT:
+        """A model holding the weights of an official `gphyt-<size>.pth` state dict (see `load_official_state_dict`)."""
+        model = cls(size, **kwargs)
+        model.load_official_state_dict(state_dict)
+        return model
+
+    def load_official_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load the official layout (nesting key and `module.`/`_orig_mod.` prefixes allowed) into this model.
+
+        q/k/v are folded: official q = in_proj_q(to_qkv_q(x)), so `qkv.weight` = W_in @ W_to_qkv per q/k/v.
+        Official channels map to `OFFICIAL_FIELDS` by name when the file has 5 fields and the vocabulary
+        holds them all, else to the vocabulary in order. The absent embeddings are zeroed (official fields
+        are zero-filled). A position embedding of another spatial size replaces this model's (and its grid).
+        """
+        from pfm.models.gphyt_official import load_official
+
+        load_official(self, state_dict)
+
+    def to_official_state_dict(self) -> dict[str, torch.Tensor]:
+        """This model in the official layout (names and shapes of `PhysicsTransformer`); to_qkv = [I; I; I]."""
+        from pfm.models.gphyt_official import to_official
+
+        if self.absent_embedding.detach().abs().max() > 0:
+            warnings.warn(
+                "GPhyT.absent_embedding is not zero, and the official layout has no place for it: the export "
+                "zero-fills absent fields instead of masking them.",
+                stacklevel=2,
+            )
+        return to_official(self)
+
+
+def _check_names(names: Sequence[str], what: str) -> tuple[str, ...]:
+    """`names` as a tuple of unique, non-empty strings, or a ValueError saying which are wrong."""
+    if isinstance(names, str):
+        raise ValueError(f"{what}={names!r} is one string; pass a list of field names, e.g. [{names!r}].")
+    names = tuple(names)
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if not names or bad or duplicates:
+        raise ValueError(
+            f"{what}={list(names)} must be a non-empty list of unique field names (bad: {bad}, repeated: "
+            f"{duplicates})."
+        )
+    return names
