@@ -18,6 +18,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pfm.checkpoints.pretrained import load_pretrained
+from pfm.config_check import check_config
 from pfm.distributed import StrategySetup
 
 __all__ = ["CONF_DIR", "accepted", "build_model", "build_task", "run_info"]
@@ -55,6 +56,7 @@ def _check_divisible(crop: int | None, factor: int) -> None:
 
 def build_task(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """Build the DataModule and the task (model, optional head, objective) described by ``cfg``."""
+    check_config(cfg, ("data", "model", "head", "task", "init_from"))  # clear errors before building
     datamodule = instantiate(cfg.data)
     model = build_model(cfg.model, datamodule.spec)
     if cfg.get("init_from"):

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from pfm.build import CONF_DIR, build_task, run_info
 from pfm.callbacks import ExamplePlot, LossCurvePlot, StepProgressBar, ThroughputMonitor
 from pfm.checkpoints import PeriodicCheckpoint, check_compatible, resolve_resume
+from pfm.config_check import check_config, merge_trainer_devices
 from pfm.distributed import GlobalLoss, build_strategy
 
 __all__ = ["main", "run"]
@@ -28,6 +29,10 @@ log = logging.getLogger("pfm.train")
 def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
     """Build data, model, head, task, strategy and trainer from ``cfg`` and fit; returns the finished trainer."""
     output_dir = Path(output_dir)
+    merge_trainer_devices(cfg)  # trainer.devices/num_nodes are strategy.devices/num_nodes
+    # keys, types and ranges of every _target_, before anything is built; init_from may be a registry
+    # name, which build_task resolves and then checks
+    check_config(cfg, [key for key in cfg if key != "init_from"])
     # built first: a strategy the hardware cannot run fails before any work is done
     setup = instantiate(cfg.strategy, _convert_="all") if cfg.get("strategy") else build_strategy("single")
     L.seed_everything(cfg.seed, workers=True)
