@@ -17,9 +17,11 @@ from omegaconf import DictConfig
 
 from pfm.build import CONF_DIR, build_task, run_info
 from pfm.callbacks import ExamplePlot, LossCurvePlot, StepProgressBar, ThroughputMonitor
+from pfm.callbacks.preemption import Preemption
 from pfm.checkpoints import PeriodicCheckpoint, check_compatible, resolve_resume
 from pfm.config_check import check_config, merge_trainer_devices
 from pfm.distributed import GlobalLoss, build_strategy
+from pfm.distributed.cluster import cluster_environment
 
 __all__ = ["main", "run"]
 
@@ -56,6 +58,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
         ),
         ThroughputMonitor(),
         GlobalLoss(),
+        # after PeriodicCheckpoint: on SIGUSR1/SIGTERM it saves through it at the next step, then requeues
+        instantiate(cfg.preemption) if cfg.get("preemption") else Preemption(),
     ]
     if cfg.plots:
         callbacks += [LossCurvePlot(output_dir), ExamplePlot(output_dir)]
@@ -67,6 +71,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
         callbacks=callbacks,
         default_root_dir=str(output_dir),
         enable_checkpointing=False,  # PeriodicCheckpoint replaces Lightning's ModelCheckpoint
+        # inside SLURM tasks: Lightning's SLURMEnvironment with its auto-requeue off (Preemption requeues)
+        plugins=[env] if (env := cluster_environment()) is not None else None,
         **setup.trainer_kwargs,
     )
     num_params = sum(p.numel() for p in task.parameters())

@@ -1,0 +1,269 @@
+"""``pfm launch slurm`` without a cluster: dry runs, mistakes caught before submission, Lightning's SLURM
+environment for a 2-node x 4-task allocation, the preemption callback's requeue rules, the submitit sweep
+launcher config and the torchrun recipe. Tests against a real slurmctld/slurmd are in test_slurm.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from pfm.callbacks.preemption import Preemption, signal_number
+from pfm.cli import main
+from pfm.distributed import build_strategy
+from pfm.distributed.cluster import cluster_environment
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def pfm(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """``pfm *args`` in this process (imports once; seconds instead of a fresh interpreter per call)."""
+
+    def call(*args: str, env: dict[str, str] | None = None) -> Result:
+        monkeypatch.chdir(tmp_path)
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return call
+
+
+def test_dry_run_renders_4x8_zero3_script_and_config(pfm: Any, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = pfm(
+        "launch", "slurm", "experiment=tadpole_pretrain", "model=tadpole_b", "strategy=deepspeed_zero3",
+        f"hydra.run.dir={run}", "--nodes", "4", "--gpus-per-node", "8", "--time", "24:00:00",
+        "--partition", "gpu", "--account", "proj", "--setup", "module load cuda/12.4", "--dry-run",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for line in [
+        "#SBATCH --nodes=4",
+        "#SBATCH --ntasks-per-node=8",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --time=24:00:00",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=proj",
+        f"#SBATCH --output={run}/slurm/%j.out",
+        "#SBATCH --signal=USR1@300",
+        "#SBATCH --requeue",
+        "module load cuda/12.4",
+    ]:
+        assert line in out.splitlines(), f"missing {line!r} in\n{out}"
+    srun = next(line for line in out.splitlines() if line.startswith("srun "))
+    for part in [
+        "-m pfm.train",
+        "strategy=deepspeed_zero3",
+        "strategy.devices=8",
+        "strategy.num_nodes=4",
+        "strategy.accelerator=gpu",
+        "resume=auto",
+        f"hydra.run.dir={run}",
+    ]:
+        assert part in srun, f"{part!r} not in {srun!r}"
+    # the composed config follows the script, with the counts pfm launch set
+    config = out.split("# --- composed config", 1)[1]
+    assert "num_nodes: 4" in config and "devices: 8" in config and "name: deepspeed_zero3" in config
+    assert "size: B" in config  # model=tadpole_b
+    assert not run.exists(), "a dry run writes nothing"
+
+
+def test_cpu_tasks_mode(pfm: Any, tmp_path: Path) -> None:
+    result = pfm(
+        "launch", "slurm", "model=conv_vae", "strategy=ddp", f"hydra.run.dir={tmp_path / 'r'}",
+        "--gpus-per-node", "0", "--tasks-per-node", "2", "--dry-run",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert "#SBATCH --ntasks-per-node=2" in lines
+    assert not any(line.startswith("#SBATCH --gpus") for line in lines)
+    assert any(line.startswith("export DS_ACCELERATOR=cpu") for line in lines)
+    srun = next(line for line in lines if line.startswith("srun "))
+    assert "strategy.devices=2" in srun and "strategy.accelerator=cpu" in srun
+
+
+@pytest.mark.parametrize(
+    ("override", "flags", "named"),
+    [
+        ("strategy.devices=4", ["--gpus-per-node", "8"], ["strategy.devices=4", "--gpus-per-node", "=8"]),
+        ("strategy.num_nodes=2", ["--nodes", "4"], ["strategy.num_nodes=2", "--nodes", "=4"]),
+        ("strategy.accelerator=gpu", ["--gpus-per-node", "0"], ["strategy.accelerator=gpu", "=cpu"]),
+    ],
+)
+def test_mismatch_with_explicit_strategy_override_names_both(
+    pfm: Any, tmp_path: Path, override: str, flags: list[str], named: list[str]
+) -> None:
+    result = pfm("launch", "slurm", "strategy=ddp", override, *flags, "--dry-run")
+    assert result.returncode == 2
+    for text in named:
+        assert text in result.stderr, result.stderr
+    assert "#SBATCH" not in result.stdout
+
+
+def test_matching_explicit_override_is_accepted(pfm: Any, tmp_path: Path) -> None:
+    result = pfm(
+        "launch", "slurm", "model=conv_vae", "strategy=ddp", "strategy.devices=8", "--gpus-per-node", "8",
+        "--dry-run",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("model=no_such_model", "no_such_model"),
+        ("trainer.no_such_key=1", "no_such_key"),
+        ("data.crop=${no_such_value}", "no_such_value"),
+    ],
+)
+def test_bad_config_fails_before_anything_is_written(
+    pfm: Any, tmp_path: Path, override: str, named: str
+) -> None:
+    run = tmp_path / "run"
+    result = pfm("launch", "slurm", override, f"hydra.run.dir={run}", "--gpus-per-node", "1")
+    assert result.returncode == 2
+    assert named in result.stderr and "nothing was submitted" in result.stderr, result.stderr
+    assert not run.exists()
+
+
+def test_single_process_strategy_with_many_tasks_is_refused(pfm: Any, tmp_path: Path) -> None:
+    result = pfm("launch", "slurm", "strategy=single", "--nodes", "2", "--gpus-per-node", "4")
+    assert result.returncode == 2
+    assert "strategy=single runs one process" in result.stderr and "8 tasks" in result.stderr
+
+
+def test_without_sbatch_the_script_is_written_and_the_error_says_where(pfm: Any, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    bash = shutil.which("bash") or "/bin/bash"
+    bare_path = str(Path(sys.executable).parent)  # python only: no sbatch on this PATH
+    result = pfm(
+        "launch", "slurm", "model=conv_vae", f"hydra.run.dir={run}", "--gpus-per-node", "0",
+        env={"PATH": bare_path},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "sbatch" in result.stderr and "not on PATH" in result.stderr, result.stderr
+    script = run / "slurm" / "job.sbatch"
+    assert script.is_file() and os.access(script, os.X_OK)
+    assert "devices: 1" in (run / "slurm" / "config.yaml").read_text()
+    syntax = subprocess.run([bash, "-n", str(script)], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+
+
+def test_slurm_environment_of_a_2_node_x_4_task_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 5 of 8 (node 1, local rank 1): Lightning reads it all from SLURM's variables."""
+    import lightning as L
+
+    for key in list(os.environ):
+        if key.startswith(("SLURM_", "MASTER_", "TORCHELASTIC_")) or key in (
+            "WORLD_SIZE",
+            "RANK",
+            "LOCAL_RANK",
+        ):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242137")
+    monkeypatch.setenv("SLURM_JOB_NAME", "pfm-run")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    monkeypatch.setenv("SLURM_NODELIST", "gpu[017-018]")
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    env = cluster_environment()
+    assert env is not None and env.auto_requeue is False
+    assert (env.global_rank(), env.local_rank(), env.node_rank(), env.world_size()) == (5, 1, 1, 8)
+    assert env.main_address == "gpu017"
+    assert env.main_port == 15000 + 2137
+    env.validate_settings(num_devices=4, num_nodes=2)
+    with pytest.raises(ValueError, match="ntasks-per-node=4"):
+        env.validate_settings(num_devices=8, num_nodes=2)
+
+    # the way pfm.train builds the trainer: strategy from build_strategy, the environment as a plugin
+    setup = build_strategy("ddp", accelerator="cpu", devices=4, num_nodes=2)
+    trainer = L.Trainer(plugins=[env], logger=False, enable_progress_bar=False, **setup.trainer_kwargs)
+    assert trainer.strategy.cluster_environment is env
+    assert (trainer.global_rank, trainer.local_rank, trainer.node_rank, trainer.world_size) == (5, 1, 1, 8)
+    # interactive allocations (job name bash) are not SLURM-launched tasks
+    monkeypatch.setenv("SLURM_JOB_NAME", "bash")
+    assert cluster_environment() is None
+
+
+def test_outside_slurm_there_is_no_cluster_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("SLURM_"):
+            monkeypatch.delenv(key)
+    assert cluster_environment() is None
+
+
+# --- the preemption callback ------------------------------------------------------------------------------
+def test_signal_names() -> None:
+    assert signal_number("SIGUSR1") == signal.SIGUSR1
+    assert signal_number("usr1") == signal.SIGUSR1
+    assert signal_number(15) == signal.SIGTERM
+    with pytest.raises(ValueError, match="SIGKILL"):
+        signal_number("SIGKILL")
+    with pytest.raises(ValueError, match="'SIGNOPE'"):
+        signal_number("SIGNOPE")
+    with pytest.raises(ValueError, match="requeue_on"):
+        Preemption(signals=["SIGTERM"], requeue_on=["SIGUSR1"])
+    with pytest.raises(ValueError, match="max_requeues=-1"):
+        Preemption(max_requeues=-1)
+
+
+def test_requeue_limit_and_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(key, raising=False)
+    record = tmp_path / "requeued"
+    # the job id is appended to the command, as for scontrol; this one writes it down ($0 of sh -c)
+    callback = Preemption(max_requeues=2, requeue_command=["sh", "-c", f'echo "$0" >> {record}'])
+    with caplog.at_level(logging.INFO, logger="pfm.preemption"):
+        assert callback.requeue() is False  # not a SLURM job
+        assert "not a SLURM job" in caplog.text and not record.exists()
+        monkeypatch.setenv("SLURM_JOB_ID", "77")
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+        assert callback.requeue() is True
+        assert record.read_text() == "77\n"
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+        caplog.clear()
+        assert callback.requeue() is False
+        assert "requeued 2 times already (preemption.max_requeues=2)" in caplog.text
+        assert record.read_text() == "77\n", "no requeue at the limit"
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+        caplog.clear()
+        assert Preemption(requeue_command=["false"]).requeue() is False
+        assert "exited 1" in caplog.text
+
+
+def test_preemption_config_composes_into_the_callback() -> None:
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=["preemption.max_requeues=3", "preemption.requeue_on=[SIGUSR1,SIGTERM]"]
+        )
+    callback = instantiate(cfg.preemption)
+    assert isinstance(callback, Preemption)
+    assert callback.max_requeues == 3 and callback.requeue_on == [signal.SIGUSR1, signal.SIGTERM]
