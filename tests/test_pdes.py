@@ -152,10 +152,43 @@ def test_unknown_coefficient_names_the_valid_ones() -> None:
     ],
 )
 def test_out_of_range_input_names_value_and_limit(name: str, kwargs: dict, match: str) -> None:
+    """Coefficient limits fail when the stepper is built; those that depend on the state's size (CFL, cell
+    Reynolds number, reaction stiffness) on the first step, here for a state with max |u| = 3."""
     length = kwargs.pop("length", 1.0)
-    dim = 3 if 3 in get_pde(name).supported_dims else 2
+    pde = get_pde(name)
+    dim = 3 if 3 in pde.supported_dims else 2
+    grid = Grid(dim, 32, length)
+    u = _smooth(grid, pde.num_channels(dim))
     with pytest.raises(ValueError, match=match):
-        make_stepper(name, dim=dim, n=32, length=length, **kwargs)
+        step = make_stepper(name, dim=dim, n=32, length=length, **kwargs)
+        step(3.0 * u / u.abs().max())
+
+
+def test_limits_use_the_amplitude_of_the_actual_state() -> None:
+    """exponax runs this Burgers setup; for |u| <= 1 its cell Reynolds number is 4.4, below the limit 10."""
+    setup = {"dim": 3, "n": 48, "length": 2 * math.pi, "dt": 0.005, "diffusivity": 0.03}
+    grid = Grid(3, 48, 2 * math.pi)
+    u = _smooth(grid, 3)
+    u = u / u.abs().max()
+    v = make_stepper("burgers", **setup)(u, 10)
+    assert torch.isfinite(v).all() and 0.1 < v.abs().max() <= 1.0
+    big = make_stepper("burgers", **setup)
+    with pytest.raises(
+        ValueError, match=r"max\|u\|=4 .*cell Reynolds number.* = 17.45 is above the limit 10\. Fix: use"
+    ):
+        big(4 * u)
+    torch.testing.assert_close(big(u, 10), v)  # a refused state leaves the stepper usable
+    with pytest.raises(ValueError, match=r"max_amplitude.*cell Reynolds number.*above the limit 10"):
+        make_stepper("burgers", max_amplitude=4.0, **setup)
+    make_stepper("burgers", max_amplitude=1.0, **setup)  # documented bound given up front: accepted
+
+
+def test_a_state_with_nan_is_refused_on_the_first_step() -> None:
+    grid = Grid(2, 16, 1.0)
+    u = _smooth(grid)
+    u[0, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        make_stepper("burgers_single_channel", dim=2, n=16, dt=0.001, diffusivity=0.05)(u)
 
 
 def test_config_outside_limits_fails_when_the_pool_is_built() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -57,10 +58,19 @@ class PDE:
     supported_dims: ClassVar[tuple[int, ...]] = (1, 2, 3)
     #: Channels are vector components (rotated by flips/permutations) rather than scalars.
     is_vector: ClassVar[bool] = False
-    #: Largest |u| the limits assume (initial conditions are normalized to unit standard deviation).
+    #: Largest |u| the limits assume when no state is at hand: the pool checks its coefficient ranges with it
+    #: before any trajectory exists (its initial conditions have unit standard deviation, so |u| reaches about
+    #: 3). :func:`~datagen.make_stepper` checks against the actual state's max |u| on its first step instead,
+    #: or against its ``max_amplitude=`` argument. :meth:`with_amplitude` makes a copy assuming another value.
     amplitude: ClassVar[float] = 3.0
     #: Fraction of modes kept before evaluating the nonlinearity (2/3 for quadratic, 1/2 for cubic terms).
     dealias: ClassVar[float] = 2.0 / 3.0
+
+    def with_amplitude(self, amplitude: float) -> PDE:
+        """A copy of this family whose :meth:`limits` assume states with max |u| = ``amplitude``."""
+        out = copy.copy(self)
+        out.amplitude = float(amplitude)  # an instance value shadows the class default
+        return out
 
     def num_channels(self, num_spatial_dims: int) -> int:
         """Number of field channels (1 for scalar PDEs, ``num_spatial_dims`` for vector ones)."""
@@ -128,9 +138,23 @@ def cell_reynolds(speed: float, diffusivity: float, grid: Grid) -> Limit:
 
 
 def check_limits(
-    pde: PDE, grid: Grid, dt: float, order: int, ranges: Mapping[str, tuple[float, float]]
+    pde: PDE,
+    grid: Grid,
+    dt: float,
+    order: int,
+    ranges: Mapping[str, tuple[float, float]],
+    amplitude: float | None = None,
+    amplitude_source: str = "given",
 ) -> None:
-    """Raise ``ValueError`` if any corner of the coefficient ``ranges`` (name -> (low, high)) breaks a limit."""
+    """Raise ``ValueError`` if any corner of the coefficient ``ranges`` (name -> (low, high)) breaks a limit.
+
+    Limits that depend on the state's size (cell Reynolds number, CFL, reaction stiffness) assume max |u| =
+    ``amplitude``, or the family's :attr:`PDE.amplitude` when None; ``amplitude_source`` says where the value
+    came from, for the error message.
+    """
+    if amplitude is not None:
+        pde = pde.with_amplitude(amplitude)
+    state = "" if not amplitude else f", state amplitude max|u|={amplitude:.3g} ({amplitude_source})"
     if grid.num_spatial_dims not in pde.supported_dims:
         raise ValueError(
             f"PDE {pde.name!r} is defined for num_spatial_dims in {list(pde.supported_dims)}, "
@@ -145,7 +169,7 @@ def check_limits(
                 relation = "above the limit" if limit.upper else "below the limit"
                 raise ValueError(
                     f"PDE {pde.name!r} with dt={dt:g}, n={grid.n}, length={grid.length:g}, "
-                    f"coefficients {values}: {limit.quantity} = {limit.value:.4g} is {relation} "
+                    f"coefficients { {k: float(f'{v:.6g}') for k, v in values.items()} }{state}: {limit.quantity} = {limit.value:.4g} is {relation} "
                     f"{limit.bound:.4g}. Fix: {limit.fix}."
                 )
 
