@@ -1,0 +1,389 @@
+"""The Well's HDF5 datasets as field windows (see :mod:`pfm.data.fields` for the batch layout).
+
+A dataset folder holds ``data/train``, ``data/valid`` and ``data/test``, each a folder of ``*.h5``/``*.hdf5``
+files, and ``stats.yaml`` beside ``data/``. In every file (The Well's ``docs/data_format.md``):
+
+- root attributes ``dataset_name``, ``n_spatial_dims``, ``n_trajectories``, ``grid_type``;
+- ``dimensions``: attribute ``spatial_dims`` (e.g. ``['x', 'y']``), one coordinate dataset per spatial axis and
+  ``time`` ``(steps,)`` (or ``(trajectories, steps)`` when ``sample_varying``);
+- ``boundary_conditions``: one group per boundary with attribute ``bc_type`` (periodic/wall/open);
+- ``t0_fields``, ``t1_fields``, ``t2_fields``: attribute ``field_names``; each field a dataset
+  ``(trajectories, steps, *spatial[, D[, D]])`` with attributes ``sample_varying``, ``time_varying`` and
+  ``dim_varying``. A vector field ``velocity`` becomes channels ``velocity_x``, ``velocity_y``, ... and a tensor
+  field ``stress`` channels ``stress_xx``, ``stress_xy``, ... (The Well's own channel names); ``rename`` maps
+  them to pfm's names (on top of ``DEFAULT_RENAME``: ``velocity_x -> vel_x`` etc., as GPhyT names them).
+
+Fields that do not vary in time are constant inputs in The Well; a next-frame model has nothing to predict for
+them, so they are left out. ``stats.yaml`` holds ``mean`` and ``std`` (and ``rms``, ``*_delta``) per field,
+a number for scalars and one per component for vectors and tensors.
+
+Normalisation (``normalization``): ``stats`` standardises each channel with ``stats.yaml``'s mean and std, the
+same in every split; ``sample`` standardises each window per channel with the mean and std of its context
+frames (as the official GPhyT does); ``none`` keeps raw values.
+
+Why not the ``the_well`` package: it installs cleanly, but its ``WellDataset`` opens the HDF5 file again for
+every item and draws the time stride from NumPy's global random state (not reproducible per worker or on
+resume), and it returns its own dict layout. Here each worker opens each file once and keeps it open, every
+read is one h5py hyperslab per field (``[trajectory, t0:t1:stride]``), so only the window is read, and strides
+come from ``(seed, index, epoch)``.
+
+Public names: ``WellDataModule``, ``WellDataset``, ``DEFAULT_RENAME``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from datagen.seeding import derive_seed
+
+__all__ = ["DEFAULT_RENAME", "WellDataModule", "WellDataset"]
+
+#: The Well's channel names that GPhyT spells differently.
+DEFAULT_RENAME: dict[str, str] = {"velocity_x": "vel_x", "velocity_y": "vel_y", "velocity_z": "vel_z"}
+
+_GROUPS = ("t0_fields", "t1_fields", "t2_fields")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _texts(values: Any) -> list[str]:
+    return [_text(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+
+
+class _Layout:
+    """What one file holds: spatial axes and sizes, steps, trajectories and the time-varying channels."""
+
+    def __init__(self, path: Path) -> None:
+        import h5py
+
+        self.path = path
+        with h5py.File(path, "r") as f:
+            where = f"{path} (The Well's layout: see pfm/data/well.py)"
+            for key in ("dimensions", *_GROUPS):
+                if key not in f:
+                    raise ValueError(f"{where} has no group {key!r}; expected groups dimensions, {_GROUPS}.")
+            for key in ("n_spatial_dims", "n_trajectories"):
+                if key not in f.attrs:
+                    raise ValueError(f"{where} lacks the root attribute {key!r}.")
+            self.dataset_name = _text(f.attrs.get("dataset_name", path.parent.parent.parent.name))
+            self.num_spatial_dims = int(f.attrs["n_spatial_dims"])
+            self.num_trajectories = int(f.attrs["n_trajectories"])
+            dims = f["dimensions"]
+            self.spatial_dims = _texts(dims.attrs["spatial_dims"])
+            if len(self.spatial_dims) != self.num_spatial_dims:
+                raise ValueError(
+                    f"{where}: dimensions@spatial_dims={self.spatial_dims} but n_spatial_dims="
+                    f"{self.num_spatial_dims}; they must agree."
+                )
+            self.grid = tuple(int(dims[d].shape[-1]) for d in self.spatial_dims)
+            self.num_steps = int(dims["time"].shape[-1])
+            time = dims["time"]
+            times = np.asarray(time[0] if time.ndim == 2 else time[:], dtype=np.float64)
+            self.time_step = float(np.diff(times).mean()) if times.size > 1 else 1.0
+            self.boundary_conditions = {
+                name: _text(group.attrs.get("bc_type", "unknown"))
+                for name, group in f.get("boundary_conditions", {}).items()
+            }
+            # (group, field, channel names, sample_varying)
+            self.fields: list[tuple[str, str, list[str], bool]] = []
+            for order, group_name in enumerate(_GROUPS):
+                group = f[group_name]
+                for field in _texts(group.attrs.get("field_names", [])):
+                    ds = group[field]
+                    if not bool(ds.attrs.get("time_varying", True)):
+                        continue
+                    if not all(bool(v) for v in np.atleast_1d(ds.attrs.get("dim_varying", True))):
+                        raise ValueError(
+                            f"{where}: field {group_name}/{field} does not vary along every spatial axis "
+                            "(dim_varying); such fields are not supported by pfm's reader."
+                        )
+                    sample_varying = bool(ds.attrs.get("sample_varying", True))
+                    lead = (self.num_trajectories,) if sample_varying else ()
+                    expected = (*lead, self.num_steps, *self.grid, *([self.num_spatial_dims] * order))
+                    if tuple(ds.shape) != expected:
+                        raise ValueError(
+                            f"{where}: field {group_name}/{field} has shape {tuple(ds.shape)}; expected "
+                            f"{expected} (trajectories, steps, {', '.join(self.spatial_dims)}, components)."
+                        )
+                    suffixes = ["".join(p) for p in itertools.product(self.spatial_dims, repeat=order)]
+                    names = [f"{field}_{s}" if s else field for s in suffixes]
+                    self.fields.append((group_name, field, names, sample_varying))
+
+    @property
+    def channels(self) -> list[str]:
+        """The Well's names of the time-varying channels, in file order."""
+        return [name for _, _, names, _ in self.fields for name in names]
+
+
+class WellDataset(Dataset):
+    """Windows of ``length`` frames, ``stride`` steps apart, from one split folder of a Well dataset.
+
+    Item ``i`` is a ``(file, trajectory, start)`` triple; its stride is drawn uniformly from
+    ``[min_stride, max_stride]`` (as far as the trajectory allows) with a seed derived from ``(seed, i, epoch)``.
+    Items are dicts with ``input`` ``(length, *grid, channels)`` float32, ``field_mask`` ``(channels,)``,
+    ``source``, ``dt`` and ``stride`` (scalars).
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        length: int,
+        min_stride: int = 1,
+        max_stride: int = 1,
+        num_context: int = 1,
+        normalization: Literal["stats", "sample", "none"] = "stats",
+        stats: Mapping[str, Any] | None = None,
+        rename: Mapping[str, str] | None = None,
+        source: int = 0,
+        seed: int = 0,
+    ) -> None:
+        folder = Path(folder)
+        files = sorted([*folder.glob("*.h5"), *folder.glob("*.hdf5")])
+        if not files:
+            raise FileNotFoundError(
+                f"No *.h5 or *.hdf5 files in {folder}; data.path must be a Well dataset folder holding "
+                "data/train, data/valid and data/test."
+            )
+        if normalization not in ("stats", "sample", "none"):
+            raise ValueError(f"data.normalization={normalization!r}; expected 'stats', 'sample' or 'none'.")
+        self.layouts = [_Layout(p) for p in files]
+        first = self.layouts[0]
+        for lay in self.layouts[1:]:
+            if (lay.grid, lay.channels) != (first.grid, first.channels):
+                raise ValueError(
+                    f"{lay.path} holds grid {lay.grid} and channels {lay.channels}, but {first.path} holds "
+                    f"{first.grid} and {first.channels}; one split folder must hold one dataset."
+                )
+        self.length, self.min_stride, self.max_stride = length, min_stride, max_stride
+        self.num_context = num_context
+        self.normalization = normalization
+        rename = {**DEFAULT_RENAME, **(rename or {})}
+        self.channels = [rename.get(c, c) for c in first.channels]
+        self.source = source
+        self.seed = seed
+        self.epoch = 0
+        self.index: list[tuple[int, int, int]] = []
+        for i, lay in enumerate(self.layouts):
+            last_start = lay.num_steps - 1 - (length - 1) * min_stride
+            if last_start < 0:
+                raise ValueError(
+                    f"{lay.path} has {lay.num_steps} steps per trajectory; a window of {length} frames at "
+                    f"stride {min_stride} needs {(length - 1) * min_stride + 1}. Lower data.num_frames, "
+                    "data.num_future/num_val_future or data.min_stride."
+                )
+            self.index += [(i, t, s) for t in range(lay.num_trajectories) for s in range(last_start + 1)]
+        self.mean = self.std = None
+        if normalization == "stats":
+            self.mean, self.std = self._stats(stats, first)
+        self._files: dict[int, Any] = {}
+        self._pid: int | None = None
+
+    @staticmethod
+    def _stats(stats: Mapping[str, Any] | None, layout: _Layout) -> tuple[torch.Tensor, torch.Tensor]:
+        if stats is None or "mean" not in stats or "std" not in stats:
+            raise ValueError(
+                "data.normalization=stats needs stats.yaml beside data/ with 'mean' and 'std' per field; "
+                "add it, or set data.normalization=sample."
+            )
+        means, stds = [], []
+        for _, field, names, _ in layout.fields:
+            if field not in stats["mean"] or field not in stats["std"]:
+                raise ValueError(
+                    f"stats.yaml has no mean/std for field {field!r}; it lists {list(stats['mean'])}."
+                )
+            mean = np.asarray(stats["mean"][field], dtype=np.float32).reshape(-1)
+            std = np.asarray(stats["std"][field], dtype=np.float32).reshape(-1)
+            means += list(np.broadcast_to(mean, (len(names),)))
+            stds += list(np.broadcast_to(std, (len(names),)))
+        # as in The Well, a near-constant field is not blown up by a tiny std
+        return torch.tensor(means), torch.tensor(stds).clamp_min(1e-4)
+
+    def __len__(self) -> int:
+        """Number of (file, trajectory, start) windows."""
+        return len(self.index)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw different strides in the next epoch."""
+        self.epoch = epoch
+
+    def _file(self, i: int):
+        import h5py
+
+        # each worker process opens its own handles (h5py handles do not survive fork) and keeps them open
+        if self._pid != os.getpid():
+            self._files, self._pid = {}, os.getpid()
+        if i not in self._files:
+            self._files[i] = h5py.File(self.layouts[i].path, "r")
+        return self._files[i]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_files"], state["_pid"] = {}, None
+        return state
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        """One window (see the class docstring)."""
+        i, traj, start = self.index[item]
+        lay = self.layouts[i]
+        room = (lay.num_steps - 1 - start) // max(self.length - 1, 1)
+        high = max(self.min_stride, min(self.max_stride, room))
+        g = np.random.default_rng(derive_seed(self.seed, item, self.epoch, "well-stride"))
+        stride = int(g.integers(self.min_stride, high + 1))
+        steps = slice(start, start + (self.length - 1) * stride + 1, stride)
+        f = self._file(i)
+        parts = []
+        for group, field, names, sample_varying in lay.fields:
+            ds = f[group][field]
+            data = ds[(traj, steps) if sample_varying else (steps,)]  # one hyperslab read
+            parts.append(
+                torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).reshape(
+                    *data.shape[: 1 + lay.num_spatial_dims], len(names)
+                )
+            )
+        x = torch.cat(parts, dim=-1)
+        if self.normalization == "stats":
+            x = (x - self.mean) / self.std
+        elif self.normalization == "sample":
+            context = x[: self.num_context].reshape(-1, x.shape[-1])
+            x = (x - context.mean(0)) / context.std(0).clamp_min(1e-6)
+        return {
+            "input": x,
+            "field_mask": torch.ones(x.shape[-1], dtype=torch.bool),
+            "source": torch.tensor(self.source),
+            "dt": torch.tensor(lay.time_step * stride, dtype=torch.float32),
+            "stride": torch.tensor(stride),
+        }
+
+    def close(self) -> None:
+        """Close the open files of this process."""
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+
+class WellDataModule(L.LightningDataModule):
+    """Field windows from a dataset in The Well's layout: ``data=well data.path=<dataset folder>``.
+
+    Training reads ``data/train`` with random strides in ``[min_stride, max_stride]`` and ``num_future`` target
+    frames; validation reads ``data/valid`` at ``min_stride`` with ``num_val_future`` frames (rollouts), using
+    ``num_val_samples`` windows evenly spread over the split (all when None). ``batch_size`` is per process
+    (Lightning shards the training windows over processes). ``name`` (default: the files' ``dataset_name``)
+    is the source name in metrics.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        num_frames: int = 4,
+        num_future: int = 1,
+        num_val_future: int = 4,
+        min_stride: int = 1,
+        max_stride: int = 1,
+        normalization: Literal["stats", "sample", "none"] = "stats",
+        rename: Mapping[str, str] | None = None,
+        name: str | None = None,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        num_val_samples: int | None = 16,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path).expanduser()
+        train = self.path / "data" / "train"
+        if not train.is_dir():
+            raise FileNotFoundError(
+                f"data.path={path!r} has no data/train folder; expected The Well's layout "
+                "<dataset>/data/{train,valid,test}/*.hdf5 with <dataset>/stats.yaml."
+            )
+        stats_path = self.path / "stats.yaml"
+        self.stats = yaml.safe_load(stats_path.read_text()) if stats_path.is_file() else None
+        self.num_frames, self.num_future, self.num_val_future = num_frames, num_future, num_val_future
+        self.batch_size, self.num_workers, self.num_val_samples = batch_size, num_workers, num_val_samples
+        self.seed = seed
+        common = {
+            "min_stride": min_stride,
+            "num_context": num_frames,
+            "normalization": normalization,
+            "stats": self.stats,
+            "rename": dict(rename) if rename is not None else None,
+            "seed": seed,
+        }
+        self.train_set = WellDataset(train, length=num_frames + num_future, max_stride=max_stride, **common)
+        self._val_args = common
+        layout = self.train_set.layouts[0]
+        self.name = name or layout.dataset_name
+        self.fields = tuple(self.train_set.channels)
+        self.num_spatial_dims = layout.num_spatial_dims
+        self.grid = layout.grid
+        self.boundary_conditions = layout.boundary_conditions
+
+    @property
+    def pde_names(self) -> list[str]:
+        """The one source of this module (the dataset's name)."""
+        return [self.name]
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """What the model takes from the data: field names, spatial axes, grid and context frames."""
+        return {
+            "fields": self.fields,
+            "num_spatial_dims": self.num_spatial_dims,
+            "grid": tuple(self.grid),
+            "num_frames": self.num_frames,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled windows (seeded), ``batch_size`` per process, files kept open per worker."""
+        g = torch.Generator()
+        g.manual_seed(self.seed)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=g,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Windows of ``data/valid`` at ``min_stride``, ``num_val_future`` future frames."""
+        folder = self.path / "data" / "valid"
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{self.path} has no data/valid folder; The Well's layout has one per split."
+            )
+        val = WellDataset(
+            folder, length=self.num_frames + self.num_val_future, max_stride=1, **self._val_args
+        )
+        if val.channels != list(self.fields):
+            raise ValueError(
+                f"data/valid holds channels {val.channels}; data/train holds {list(self.fields)}."
+            )
+        dataset: Dataset = val
+        if self.num_val_samples is not None and self.num_val_samples < len(val):
+            picks = np.linspace(0, len(val) - 1, self.num_val_samples).round().astype(int).tolist()
+            dataset = Subset(val, picks)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=0)
+
+    def teardown(self, stage: str | None = None) -> None:
+        """Close this process's open files."""
+        self.train_set.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing beyond the config: the sampler is reseeded from ``seed`` (resume restarts the epoch order)."""
+        return {}
