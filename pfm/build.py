@@ -15,9 +15,9 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import get_method, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pfm.checkpoints.pretrained import load_pretrained
+from pfm.checkpoints.pretrained import is_registry_name, load_weights, resolve_source
 from pfm.config_check import check_config
 from pfm.distributed import StrategySetup
 
@@ -56,11 +56,15 @@ def _check_divisible(crop: int | None, factor: int) -> None:
 
 def build_task(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """Build the DataModule and the task (model, optional head, objective) described by ``cfg``."""
+    # a registry name (init_from=tadpole-s) becomes its verified local files, downloaded if needed
+    if cfg.get("init_from") and is_registry_name(cfg.init_from):
+        with open_dict(cfg):
+            cfg.init_from = str(resolve_source(cfg.init_from))
     check_config(cfg, ("data", "model", "head", "task", "init_from"))  # clear errors before building
     datamodule = instantiate(cfg.data)
     model = build_model(cfg.model, datamodule.spec)
     if cfg.get("init_from"):
-        load_pretrained(model, cfg.init_from)
+        load_weights(model, cfg.init_from)
     if cfg.get("head") and cfg.head.get("_target_"):
         head = instantiate(cfg.head, _partial_=True)
         model = head(model, **accepted(head.func, datamodule.spec))

@@ -94,6 +94,17 @@ def test_tensors_load_and_pickled_code_in_hyper_parameters_does_not_run(tmp_path
     assert not marker.exists()
 
 
+def test_untyped_storages_and_numpy_load(tmp_path):
+    import numpy as np
+
+    storage = torch.UntypedStorage(8)
+    torch.save({"storage": storage, "array": np.arange(3.0), "rng": np.random.get_state()}, tmp_path / "s.pt")
+    loaded = safe_load(tmp_path / "s.pt")
+    assert loaded["storage"].nbytes() == 8  # torch.load gives it back as a TypedStorage of uint8, as here
+    np.testing.assert_array_equal(loaded["array"], np.arange(3.0))
+    assert loaded["rng"][0] == "MT19937" and refused_globals(loaded) == []
+
+
 def test_flat_tensor_dict_at_top_level(tmp_path):
     weights = _weights()
     torch.save(weights, tmp_path / "gphyt-S.pth")

@@ -13,7 +13,7 @@ import torch
 from conftest import pfm_train
 from safetensors.torch import save_file
 
-from pfm.checkpoints.pretrained import load_pretrained
+from pfm.checkpoints.pretrained import load_weights
 from pfm.data import OnlineCropDataModule
 from pfm.heads import TadpoleDynamics
 from pfm.models import ConvVAE, PatchDiscriminator3d, TadpoleAutoencoder
@@ -87,16 +87,16 @@ def test_official_tadpole_files_load_and_mismatches_are_named(tmp_path: Path) ->
         {k: v.contiguous() for k, v in source.decoder.state_dict().items()},
         tmp_path / "tadpole_s_decoder.safetensors",
     )
-    target = load_pretrained(TadpoleAutoencoder("S", crop_size=16), tmp_path)
+    target = load_weights(TadpoleAutoencoder("S", crop_size=16), tmp_path)
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(target(x), source(x))
     with pytest.raises(ValueError, match="shape mismatch"):
         with torch.device("meta"):
             wrong = TadpoleAutoencoder("B", crop_size=16)
-        load_pretrained(wrong, tmp_path)
+        load_weights(wrong, tmp_path)
     with pytest.raises(FileNotFoundError, match="init_from"):
-        load_pretrained(target, tmp_path / "missing.ckpt")
+        load_weights(target, tmp_path / "missing.ckpt")
 
 
 @pytest.mark.slow

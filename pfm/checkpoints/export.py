@@ -18,35 +18,118 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from pfm.checkpoints.files import is_complete, read_checkpoint
+from pfm.checkpoints.safe import safe_load
 from pfm.io import atomic_path
 
-__all__ = ["export_checkpoint", "load_exported", "training_state_dict"]
+__all__ = ["export_checkpoint", "load_exported", "training_state_dict", "verify_export"]
 
 _NETWORK_PREFIX = "model."  # the task holds its network (model, or head wrapping it) as `self.model`
 
 
 def training_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The task's full fp32 state dict from a checkpoint file or a DeepSpeed ZeRO folder (any stage)."""
+    """The task's full fp32 state dict from a checkpoint file or a DeepSpeed ZeRO folder (any stage).
+
+    Runs no pickled code of the file's choosing: checkpoint files go through :mod:`pfm.checkpoints.safe`;
+    DeepSpeed folders are read by DeepSpeed's own loader (which unpickles), after every file in them was
+    checked to name only torch/numpy/DeepSpeed/Lightning/pfm globals (see :func:`_check_deepspeed_folder`).
+    """
     path = Path(path)
     if path.is_dir() and (path / "checkpoint").is_dir():
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+        _check_deepspeed_folder(path)
         # gathers the fp32 master weights from every rank's optimizer shard (ZeRO-1/2/3 alike)
         state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag="checkpoint")
         # DeepSpeed records frozen parameters (e.g. a LoRA-frozen base) for ZeRO-2/3 only; under ZeRO-1
         # they exist solely in the replicated module weights, so take any missing ones from there.
         for states_file in sorted((path / "checkpoint").glob("*model_states.pt"))[:1]:
-            module = torch.load(states_file, map_location="cpu", weights_only=False).get("module") or {}
+            module = safe_load(states_file).get("module") or {}
             for key, value in module.items():
                 if key not in state and torch.is_tensor(value) and value.numel() > 0:
                     state[key] = value.float()
     else:
-        state = read_checkpoint(path)["state_dict"]
+        checkpoint = read_checkpoint(path, safe=True)
+        state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
+        if not isinstance(state, Mapping):
+            raise ValueError(
+                f"{path} holds no 'state_dict' (top-level keys: "
+                f"{sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__}); "
+                f"expected a checkpoint written by pfm-train.{_refused_note(checkpoint)}"
+            )
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
+        if not torch.is_tensor(value):
+            raise ValueError(
+                f"{path}: state_dict[{key!r}] is {value!r}, not a tensor; a checkpoint whose weights need "
+                f"executing code is refused.{_refused_note(value)}"
+            )
         key = key.removeprefix("_forward_module.").removeprefix("module.")
         out[key] = value.detach().to("cpu").contiguous().clone()
     return out
+
+
+# Packages whose classes a DeepSpeed checkpoint of pfm-train may name besides tensors and containers. A folder
+# naming anything else (os.system, builtins.exec, a function, an unknown package) is refused before DeepSpeed's
+# own loader unpickles it. Names are resolved to the object (no call) so that aliases such as ``torch.os.system``
+# are judged by what they are, not by their prefix.
+_DEEPSPEED_TRUSTED_MODULES = (
+    "torch",
+    "numpy",
+    "deepspeed",
+    "lightning",
+    "pytorch_lightning",
+    "lightning_fabric",
+    "pfm",
+    "omegaconf",
+    "collections",
+    "argparse",
+    "pathlib",
+    "enum",
+    "functools",
+    "typing",
+)
+
+
+def _trusted_global(name: str) -> bool:
+    import copyreg
+    import importlib
+
+    parts = name.removesuffix("()").split(".")
+    obj = None
+    for i in range(len(parts) - 1, 0, -1):  # longest importable module prefix, then attributes
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for part in parts[i:]:
+                obj = getattr(obj, part)
+        except AttributeError:
+            return False
+        break
+    if obj is copyreg._reconstructor or obj is getattr(copyreg, "__newobj__", None):
+        return True
+    owner = getattr(obj, "__module__", "") or ""
+    return isinstance(obj, type) and owner.split(".")[0] in _DEEPSPEED_TRUSTED_MODULES
+
+
+def _check_deepspeed_folder(path: Path) -> None:
+    from pfm.checkpoints.safe import refused_globals
+
+    for file in sorted(path.rglob("*.pt")):
+        foreign = [g for g in refused_globals(safe_load(file)) if not _trusted_global(g)]
+        if foreign:
+            raise ValueError(
+                f"{file} names {', '.join(foreign[:5])}, which a DeepSpeed checkpoint of pfm-train never does; "
+                "it is not unpickled. Export only checkpoints you or pfm-train wrote."
+            )
+
+
+def _refused_note(obj: object) -> str:
+    from pfm.checkpoints.safe import refused_globals
+
+    refused = refused_globals(obj)
+    return f" It names globals that were not executed: {', '.join(refused[:5])}." if refused else ""
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -100,8 +183,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
         raise FileNotFoundError(f"Checkpoint {checkpoint} does not exist; pass a step*.ckpt file or folder.")
     if not is_complete(checkpoint):
         raise ValueError(f"Checkpoint {checkpoint} is truncated or unreadable; export an older one.")
-    meta = read_checkpoint(checkpoint)
-    info = meta.get("pfm")
+    meta = read_checkpoint(checkpoint, safe=True)  # a user-supplied file: run none of its pickled code
+    info = meta.get("pfm") if isinstance(meta, Mapping) else None
     if not info or "model" not in info:
         raise ValueError(
             f"Checkpoint {checkpoint} has no pfm run description (key 'pfm'); only checkpoints written by "
@@ -137,6 +220,18 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
+def verify_export(directory: str | Path) -> None:
+    """Check every file listed in an export folder's ``SHA256SUMS``; a mismatch raises naming both hashes."""
+    directory = Path(directory)
+    for line in (directory / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        actual = hashlib.sha256((directory / name).read_bytes()).hexdigest()
+        if actual != digest:
+            raise ValueError(
+                f"{directory / name} has SHA-256 {actual}, expected {digest}; re-export or re-download."
+            )
+
+
 def load_exported(directory: str | Path, verify: bool = True) -> nn.Module:
     """Rebuild the network from an export folder and load its weights (checksums verified first)."""
     from hydra.utils import instantiate
@@ -146,13 +241,7 @@ def load_exported(directory: str | Path, verify: bool = True) -> nn.Module:
 
     directory = Path(directory)
     if verify:
-        for line in (directory / "SHA256SUMS").read_text().splitlines():
-            digest, name = line.split(maxsplit=1)
-            actual = hashlib.sha256((directory / name).read_bytes()).hexdigest()
-            if actual != digest:
-                raise ValueError(
-                    f"{directory / name} has SHA-256 {actual}, expected {digest}; re-export or re-download."
-                )
+        verify_export(directory)
     config = OmegaConf.load(directory / "config.yaml")
     spec = OmegaConf.to_container(config.data_spec)
     model = build_model(config.model, spec)

@@ -62,8 +62,13 @@ def find_resume_checkpoint(directory: str | Path) -> Path | None:
     return None
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's top-level dict (for DeepSpeed folders: the client state of rank 0), tensors on CPU."""
+def read_checkpoint(path: str | Path, safe: bool = False) -> dict[str, Any]:
+    """The checkpoint's top-level dict (for DeepSpeed folders: the client state of rank 0), tensors on CPU.
+
+    ``safe=False`` unpickles everything (Lightning/optimizer objects): only for this run's own checkpoints
+    (resume). ``safe=True`` runs no pickled code (:mod:`pfm.checkpoints.safe`): any other global is an inert
+    placeholder; use it for files given by a user (init_from, export).
+    """
     path = Path(path)
     if path.is_dir():
         candidates = sorted(path.glob("checkpoint/*mp_rank_00_model_states.pt")) + sorted(
@@ -75,4 +80,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                 "nor a distributed checkpoint (meta.pt); pass a checkpoint written by pfm-train."
             )
         path = candidates[0]
+    if safe:
+        from pfm.checkpoints.safe import safe_load
+
+        return safe_load(path)
     return torch.load(path, map_location="cpu", weights_only=False, mmap=True)

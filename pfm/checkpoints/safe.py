@@ -7,7 +7,8 @@ in ``hyper_parameters``. This module unpickles with an allowlist instead: tensor
 containers are rebuilt; every other global becomes an inert :class:`Placeholder` that records its name and
 absorbs arguments and state without calling anything. Only the tensors are then used.
 
-Public names: :func:`safe_load`, :func:`load_state_dict`, :class:`Placeholder`, :func:`refused_globals`.
+Public names: :func:`safe_load`, :func:`load_state_dict`, :func:`state_dict_from`, :class:`Placeholder`,
+:func:`refused_globals`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Placeholder", "load_state_dict", "refused_globals", "safe_load"]
+__all__ = ["Placeholder", "load_state_dict", "refused_globals", "safe_load", "state_dict_from"]
 
 
 class Placeholder:
@@ -99,6 +100,8 @@ def _allowed() -> dict[tuple[str, str], Any]:
         ("builtins", "bytearray"): bytearray,
         ("builtins", "range"): range,
         ("torch", "Size"): torch.Size,
+        ("torch.storage", "UntypedStorage"): torch.UntypedStorage,
+        ("torch.storage", "TypedStorage"): torch.TypedStorage,
         ("torch", "device"): torch.device,
         ("torch", "Tensor"): torch.Tensor,
         ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
@@ -124,7 +127,8 @@ def _allowed() -> dict[tuple[str, str], Any]:
             allowed[("torch._utils", name)] = getattr(tu, name)
     for name in dir(torch):
         value = getattr(torch, name, None)
-        if isinstance(value, torch.dtype):
+        # dtypes, and storage classes (torch.load maps typed storages itself; UntypedStorage reaches us)
+        if isinstance(value, torch.dtype) or (name.endswith("Storage") and isinstance(value, type)):
             allowed[("torch", name)] = value
     try:  # numpy arrays and scalars (e.g. in callback state): rebuilt from raw bytes, no code runs
         import numpy as np
@@ -209,8 +213,12 @@ def load_state_dict(path: str | Path, key: str = "state_dict") -> dict[str, torc
     Nothing is stripped from the names. Raises ValueError naming the file and the refused global when the
     tensors cannot be had without executing pickled code (e.g. the state dict itself is an ``os.system`` call).
     """
+    return state_dict_from(safe_load(path), path, key)
+
+
+def state_dict_from(obj: Any, path: str | Path, key: str = "state_dict") -> dict[str, torch.Tensor]:
+    """:func:`load_state_dict` for an already loaded checkpoint ``obj`` (``path`` names it in errors)."""
     path = Path(path)
-    obj = safe_load(path)
     if isinstance(obj, Mapping) and key in obj:
         state, where = obj[key], f"{path}[{key!r}]"
     else:
