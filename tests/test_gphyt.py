@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pfm.distributed.parallelize import find_blocks, prepare_model
 from pfm.models import GPhyT
 from pfm.models.gphyt import GPHYT_SIZES, OFFICIAL_FIELDS, derivative_features
-from pfm.models.layers.vit import TransformerBlock
+from pfm.models.layers.vit import TransformerBlock, axial_rope
 
 ANCHORS = json.loads((Path(__file__).parent / "assets" / "gphyt_state_dicts.json").read_text())
 PUBLISHED_PARAMS = {"S": 8.0, "M": 112, "L": 385, "XL": 796}  # millions, anchors README
@@ -366,8 +366,19 @@ def test_rope_model_on_any_grid() -> None:
     torch.manual_seed(0)
     model = GPhyT(**SMALL, position="rope", grid=(32, 32)).eval()
     assert model.pos_embedding is None
+    x = torch.randn(1, 3, 64, 48, 5)
     with torch.no_grad():
-        assert model(torch.randn(1, 4, 64, 48, 5)).shape == (1, 1, 64, 48, 5)
+        assert model(x).shape == (1, 1, 64, 48, 5)
+        # the last block computes only the last frame's tokens: equal to computing all and keeping those
+        index = torch.arange(5)
+        tokens = model.tokenizer(derivative_features(x), index)
+        grid = tuple(tokens.shape[1:-1])
+        rope = axial_rope(grid, 24, x.device)
+        h = tokens.flatten(1, -2)
+        for block in model.blocks:
+            h = block(h, rope)
+        full = model.detokenizer(h.unflatten(1, grid)[:, -1:], index)[:, -1]
+        torch.testing.assert_close(model.derivative(x), full, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="too small"):
         GPhyT(size=None, hidden_dim=8, mlp_dim=8, num_heads=4, num_layers=1, position="rope")
 

@@ -373,10 +373,12 @@ class GPhyT(nn.Module):
         else:
             rope = axial_rope(token_grid, self.hidden_dim // self.num_heads, x.device)
         h = tokens.flatten(1, -2)
-        for block in self.blocks:
-            h = block(h, rope)
-        # Only the last frame's derivative is used: un-patch the last time patch only.
-        last = h.unflatten(1, token_grid)[:, -1:]
+        # Only the last frame's derivative is used, so the last block computes only the last time patch's
+        # tokens (they still attend to all), and only those are un-patched.
+        num_last = math.prod(token_grid[1:])
+        for i, block in enumerate(self.blocks):
+            h = block(h, rope, num_last if i == len(self.blocks) - 1 else None)
+        last = h.unflatten(1, (1, *token_grid[1:]))
         return self.detokenizer(last, index)[:, -1]
 
     def _advance(self, window: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:

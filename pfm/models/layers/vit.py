@@ -72,20 +72,37 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """(batch, tokens, dim) -> (batch, tokens, dim); `rope` = (cos, sin) from `axial_rope`, or None."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        num_queries: int | None = None,
+    ) -> torch.Tensor:
+        """(batch, tokens, dim) -> (batch, tokens, dim); `rope` = (cos, sin) from `axial_rope`, or None.
+
+        With `num_queries`, only the last `num_queries` tokens attend (to all tokens) and only they are
+        returned: (batch, num_queries, dim). The saving is the queries' projection, attention and output.
+        """
         batch, tokens, dim = x.shape
-        q, k, v = (
-            self.qkv(x).view(batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        )
+        heads, head_dim = self.num_heads, dim // self.num_heads
+        if num_queries is None:
+            q, k, v = self.qkv(x).view(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        else:
+            weight, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, tokens - num_queries :], weight[:dim], bias[:dim])
+            q = q.view(batch, num_queries, heads, head_dim).transpose(1, 2)
+            kv = F.linear(x, weight[dim:], bias[dim:])
+            k, v = kv.view(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            cos, sin = rope
+            k = apply_rope(k, cos, sin)
+            q = apply_rope(q, cos[cos.shape[0] - q.shape[2] :], sin[sin.shape[0] - q.shape[2] :])
         if self.training and self.dropout > 0:
             # only SDPA takes attention dropout; the shared kernel function is for inference-equal backends
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout)
         else:
             out = attention(q, k, v, backend=self.attention_backend)
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+        return self.proj(out.transpose(1, 2).reshape(batch, q.shape[2], dim))
 
 
 class MLP(nn.Module):
@@ -114,7 +131,13 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_dim, dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """(batch, tokens, dim) -> (batch, tokens, dim)."""
-        x = x + self.attn(self.norm1(x), rope)
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        num_queries: int | None = None,
+    ) -> torch.Tensor:
+        """(batch, tokens, dim) -> (batch, tokens, dim), or the last `num_queries` tokens' outputs only."""
+        residual = x if num_queries is None else x[:, x.shape[1] - num_queries :]
+        x = residual + self.attn(self.norm1(x), rope, num_queries)
         return x + self.mlp(self.norm2(x))

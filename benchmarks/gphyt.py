@@ -1,0 +1,328 @@
+"""GPhyT forward and training-step speed and memory: pfm's `GPhyT` beside the official-style computation.
+
+CPU mode (default): GPhyT-S on the official input (batch, 4, 256, 128, 5), fp32. The reference is written here
+the way the official code computes (finite differences by conv3d, Conv3d tokenizer, a bias-free `to_qkv`
+Linear feeding `nn.MultiheadAttention` (which projects q, k, v a second time and, with its default
+`need_weights=True`, takes the slow path), ConvTranspose3d detokenizer over every frame, Euler on the last
+frame). pfm loads the same weights through `GPhyT.from_official` (q/k/v folded into one matrix). Each
+(model, phase) runs in a fresh process so that its peak memory is its own:
+- forward: `torch.no_grad()` prediction of the next frame;
+- train: forward + MSE against a random target + backward (no optimizer step).
+Memory is the peak resident set size over all calls minus the RSS just before the first one (weights and
+input already allocated). The numerics line compares both outputs for the same weights and input.
+
+GPU mode (`--device cuda --size M --bf16`): GPhyT-M training throughput in a plain loop (AdamW, bf16 autocast,
+SDPA attention; not through pfm-train), samples/s and MFU against the H200's dense bf16 peak of 989 TFLOP/s.
+Training FLOPs are counted analytically as 3x the forward matmul FLOPs: per layer 2N(3D^2 + D^2 + 2DM) for
+the projections and MLP plus 4N^2 D for attention scores and values (N tokens, D hidden, M MLP width), plus
+tokenizer 2N(4C * P)D and detokenizer 2(N/T)D(C * P) (P pixels per patch). Element-wise work is not counted.
+
+Usage:
+    python benchmarks/gphyt.py                                  # CPU, S, batch 1
+    python benchmarks/gphyt.py --threads 1 --steps 5
+    python benchmarks/gphyt.py --device cuda --size M --bf16 --batch 32 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+FIELDS, FRAMES, GRID, PATCH = 5, 4, (256, 128), (1, 16, 16)
+H200_BF16_PEAK = 989e12
+
+
+def _rss_mib() -> float:
+    """Current resident set size of this process in MiB (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def _reference(size: str):
+    """The official-style GPhyT with random weights in the official layout (seed 0)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from pfm.models.gphyt import GPHYT_SIZES
+
+    w = GPHYT_SIZES[size]
+    dim, heads = w["hidden_dim"], w["num_heads"]
+
+    class Derivatives(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            stencil = torch.tensor([-1.0, 0.0, 1.0])
+            for axis, shape in (("t", (3, 1, 1)), ("h", (1, 3, 1)), ("w", (1, 1, 3))):
+                self.register_buffer(f"d{axis}_filter", stencil.view(1, 1, *shape).repeat(FIELDS, 1, 1, 1, 1))
+
+        @torch.no_grad()
+        def forward(self, x):
+            c = x.permute(0, 4, 1, 2, 3)
+            pads = {"t": (0, 0, 0, 0, 1, 1), "h": (0, 0, 1, 1, 0, 0), "w": (1, 1, 0, 0, 0, 0)}
+            out = [c] + [
+                F.conv3d(F.pad(c, pads[a], mode="replicate"), getattr(self, f"d{a}_filter"), groups=FIELDS)
+                for a in "thw"
+            ]
+            return torch.cat(out, 1).permute(0, 2, 3, 4, 1)
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)
+            self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+        def forward(self, x):
+            shape = x.shape
+            q, k, v = self.to_qkv(x).flatten(1, 3).chunk(3, dim=-1)
+            return self.attention(q, k, v)[0].reshape(shape)  # need_weights=True, as the official code
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = Attention()
+            self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.mlp = nn.Module()
+            self.mlp.mlp = nn.Sequential(
+                nn.Linear(dim, w["mlp_dim"]), nn.GELU(), nn.Linear(w["mlp_dim"], dim)
+            )
+
+        def forward(self, x):
+            x = self.attention(self.norm1(x)) + x
+            return self.mlp.mlp(self.norm2(x)) + x
+
+    class Reference(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.derivatives = Derivatives()
+            self.tokenizer = nn.Module()
+            self.tokenizer.register_buffer("patch_size", torch.tensor(PATCH))
+            self.tokenizer.tokenizer = nn.Module()
+            self.tokenizer.tokenizer.to_patch_embedding = nn.Sequential(
+                nn.Identity(), nn.Conv3d(4 * FIELDS, dim, PATCH, stride=PATCH)
+            )
+            self.init_pos_encodings = nn.Module()
+            self.init_pos_encodings.pe = nn.Parameter(
+                0.02 * torch.randn(1, FRAMES, GRID[0] // PATCH[1], GRID[1] // PATCH[2], dim)
+            )
+            self.attention_blocks = nn.Sequential(*(Block() for _ in range(w["num_layers"])))
+            self.detokenizer = nn.Module()
+            self.detokenizer.detokenizer = nn.Module()
+            self.detokenizer.detokenizer.from_patch_embedding = nn.Sequential(
+                nn.Identity(), nn.ConvTranspose3d(dim, FIELDS, PATCH, stride=PATCH)
+            )
+
+        def forward(self, x):
+            tokens = self.tokenizer.tokenizer.to_patch_embedding(self.derivatives(x).permute(0, 4, 1, 2, 3))
+            tokens = self.attention_blocks(tokens.permute(0, 2, 3, 4, 1) + self.init_pos_encodings.pe)
+            out = self.detokenizer.detokenizer.from_patch_embedding(tokens.permute(0, 4, 1, 2, 3))
+            return (out.permute(0, 2, 3, 4, 1) + x)[:, -1:]
+
+    torch.manual_seed(0)
+    return Reference()
+
+
+def _models(size: str, which: str):
+    """`which` = "pfm" or "reference": the model with the seed-0 official-layout weights."""
+    from pfm.models import GPhyT
+
+    ref = _reference(size)
+    return ref if which == "reference" else GPhyT.from_official(ref.state_dict(), size=size)
+
+
+def _cpu_worker(
+    size: str, which: str, phase: str, batch: int, steps: int, warmup: int, threads: int | None
+) -> dict:
+    """Time `steps` calls of one (model, phase) in this process; return ms per call and peak memory."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = _models(size, which)
+    torch.manual_seed(1)
+    x = torch.randn(batch, FRAMES, *GRID, FIELDS)
+    target = torch.randn(batch, 1, *GRID, FIELDS)
+
+    def call() -> None:
+        if phase == "forward":
+            model.eval()
+            with torch.no_grad():
+                model(x)
+        else:
+            model.train()
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(model(x), target).backward()
+
+    base = _rss_mib()
+    for _ in range(warmup):
+        call()
+    times, cpu_times = [], []
+    for _ in range(steps):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        call()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {
+        "ms": 1e3 * statistics.median(times),
+        "cpu_ms": 1e3 * statistics.median(cpu_times),
+        "peak_mib": peak - base,
+    }
+
+
+def _numerics(size: str, batch: int) -> dict:
+    """Max abs and relative difference of the two models' outputs (fp32, same weights and input)."""
+    import torch
+
+    ref = _reference(size).eval()
+    from pfm.models import GPhyT
+
+    ours = GPhyT.from_official(ref.state_dict(), size=size).eval()
+    torch.manual_seed(1)
+    x = torch.randn(batch, FRAMES, *GRID, FIELDS)
+    with torch.no_grad():
+        a, b = ours(x), ref(x)
+    diff = (a - b).abs().max().item()
+    return {"max_abs": diff, "max_rel": diff / b.abs().max().item()}
+
+
+def _train_flops(size: str, batch: int) -> float:
+    """Analytic training FLOPs of one step: 3 x forward matmuls (see the module docstring)."""
+    from pfm.models.gphyt import GPHYT_SIZES
+
+    w = GPHYT_SIZES[size]
+    d, m = w["hidden_dim"], w["mlp_dim"]
+    pixels = PATCH[0] * PATCH[1] * PATCH[2]
+    n = FRAMES // PATCH[0] * (GRID[0] // PATCH[1]) * (GRID[1] // PATCH[2])
+    per_layer = 2 * n * (3 * d * d + d * d + 2 * d * m) + 4 * n * n * d
+    forward = (
+        w["num_layers"] * per_layer
+        + 2 * n * 4 * FIELDS * pixels * d
+        + 2 * (n // FRAMES) * d * FIELDS * pixels
+    )
+    return 3.0 * forward * batch
+
+
+def _gpu(size: str, batch: int, steps: int, warmup: int, bf16: bool, backend: str) -> None:
+    """GPhyT training throughput on CUDA in a plain loop; prints samples/s, TFLOP/s and MFU."""
+    import torch
+
+    from pfm.models import GPhyT
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = GPhyT(size, attention_backend=backend).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x = torch.randn(batch, FRAMES, *GRID, FIELDS, device=device)
+    target = torch.randn(batch, 1, *GRID, FIELDS, device=device)
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.mse_loss(model(x).float(), target)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    torch.cuda.synchronize()
+    elapsed = (time.perf_counter() - start) / steps
+    flops = _train_flops(size, batch)
+    params = sum(p.numel() for p in model.parameters())
+    print(
+        f"GPhyT-{size} ({params / 1e6:.1f}M params) training on {torch.cuda.get_device_name()}, batch {batch}, "
+        f"{'bf16 autocast' if bf16 else 'fp32'}, attention {backend}, AdamW, plain loop, {steps} steps after "
+        f"{warmup} warm-up"
+    )
+    print(
+        f"  {1e3 * elapsed:.1f} ms/step, {batch / elapsed:.1f} samples/s, {flops / elapsed / 1e12:.1f} TFLOP/s "
+        f"({flops / batch / 1e9:.1f} GFLOP per sample, analytic), MFU {flops / elapsed / H200_BF16_PEAK:.1%} of "
+        f"989 TFLOP/s, peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB, last loss {loss.item():.4f}"
+    )
+
+
+def main() -> None:
+    """Parse flags; CPU: run each (model, phase) in a subprocess and print a side-by-side table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--size", default=None, choices=["S", "M", "L", "XL"], help="default S on CPU, M on CUDA"
+    )
+    parser.add_argument("--batch", type=int, default=None, help="default 1 on CPU, 32 on CUDA")
+    parser.add_argument("--steps", type=int, default=None, help="timed calls (default 3 on CPU, 20 on CUDA)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 1 / 5)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--bf16", action="store_true", help="CUDA: bf16 autocast")
+    parser.add_argument("--attention-backend", default="sdpa", choices=["sdpa", "xformers"], help="CUDA only")
+    parser.add_argument("--threads", type=int, help="CPU threads per run (default: torch's default)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(_cpu_worker(**json.loads(args.worker))))
+        return
+    cuda = args.device == "cuda"
+    size = args.size or ("M" if cuda else "S")
+    batch = args.batch or (32 if cuda else 1)
+    steps = args.steps or (20 if cuda else 3)
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    if cuda:
+        _gpu(size, batch, steps, warmup, args.bf16, args.attention_backend)
+        return
+
+    import torch
+
+    print(
+        f"GPhyT-{size}, input ({batch}, {FRAMES}, {GRID[0]}, {GRID[1]}, {FIELDS}), fp32, {steps} timed calls after "
+        f"{warmup} warm-up, torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads; "
+        "memory = peak RSS above the pre-call baseline"
+    )
+    header = f"{'phase':>8} | {'pfm ms':>8} {'ref ms':>8} {'speed-up':>8} | {'pfm CPU ms':>10} {'ref CPU ms':>10} {'ratio':>6} | {'pfm MiB':>8} {'ref MiB':>8}"
+    print(header)
+    print("-" * len(header))
+    for phase in ("forward", "train"):
+        results = {}
+        for which in ("pfm", "reference"):
+            config = dict(
+                size=size,
+                which=which,
+                phase=phase,
+                batch=batch,
+                steps=steps,
+                warmup=warmup,
+                threads=args.threads,
+            )
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", json.dumps(config)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            results[which] = json.loads(out.stdout.strip().splitlines()[-1])
+        p, r = results["pfm"], results["reference"]
+        print(
+            f"{phase:>8} | {p['ms']:>8.0f} {r['ms']:>8.0f} {r['ms'] / p['ms']:>7.2f}x | {p['cpu_ms']:>10.0f} "
+            f"{r['cpu_ms']:>10.0f} {r['cpu_ms'] / p['cpu_ms']:>6.2f} | {p['peak_mib']:>8.0f} {r['peak_mib']:>8.0f}",
+            flush=True,
+        )
+    n = _numerics(size, batch)
+    print(
+        f"numerics: max |pfm - reference| = {n['max_abs']:.2e} ({n['max_rel']:.2e} of max |reference|), fp32"
+    )
+
+
+if __name__ == "__main__":
+    main()
