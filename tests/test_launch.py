@@ -267,3 +267,77 @@ def test_preemption_config_composes_into_the_callback() -> None:
     callback = instantiate(cfg.preemption)
     assert isinstance(callback, Preemption)
     assert callback.max_requeues == 3 and callback.requeue_on == [signal.SIGUSR1, signal.SIGTERM]
+
+
+def test_sweep_launcher_config_composes() -> None:
+    """``pfm-train -m hydra/launcher=slurm ...``: hydra-submitit-launcher with pfm's defaults."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "hydra/launcher=slurm",
+                "hydra.launcher.gpus_per_node=8",
+                "hydra.launcher.tasks_per_node=8",
+            ],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (8, 8, 1)
+    assert launcher.max_num_timeout == 0, "requeueing is pfm's Preemption callback's job, not submitit's"
+    assert launcher.signal_delay_s == 300
+    assert str(launcher.submitit_folder).endswith("/.submitit/%j")
+    # submitit's time-limit signal is SIGUSR2: the run's Preemption callback must act on it
+    assert "SIGUSR2" in cfg.preemption.requeue_on
+
+
+# --- the torchrun recipe (clusters without SLURM) ---------------------------------------------------------
+TORCHRUN = REPO / "launch" / "torchrun" / "train.sh"
+
+
+def _torchrun(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(TORCHRUN), *args],
+        env={**os.environ, "DRY_RUN": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_torchrun_recipe_dry_run_4_nodes_x_8_gpus() -> None:
+    result = _torchrun(
+        "experiment=tadpole_pretrain", "model=tadpole_b", "strategy=deepspeed_zero3", "hydra.run.dir=/shared/b",
+        NNODES="4", NODE_RANK="2", MASTER_ADDR="node0", GPUS_PER_NODE="8",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.split()
+    assert words[1:4] == ["-m", "torch.distributed.run", "--nnodes=4"]
+    for word in [
+        "--node-rank=2",
+        "--nproc-per-node=8",
+        "--master-addr=node0",
+        "--master-port=29500",
+        "pfm.train",
+        "strategy.devices=8",
+        "strategy.num_nodes=4",
+        "strategy.accelerator=gpu",
+        "resume=auto",
+        "hydra.run.dir=/shared/b",
+    ]:
+        assert word in words, f"{word} not in {result.stdout}"
+
+
+def test_torchrun_recipe_cpu_processes_and_mistakes() -> None:
+    cpu = _torchrun("model=conv_vae", GPUS_PER_NODE="0", NPROC_PER_NODE="2")
+    assert cpu.returncode == 0, cpu.stderr
+    assert "strategy.devices=2" in cpu.stdout and "strategy.accelerator=cpu" in cpu.stdout
+    assert "strategy.num_nodes=1" in cpu.stdout
+    no_dir = _torchrun("model=conv_vae", NNODES="2", GPUS_PER_NODE="8")
+    assert no_dir.returncode == 2 and "hydra.run.dir" in no_dir.stderr
+    owned = _torchrun("strategy.devices=4", GPUS_PER_NODE="8")
+    assert owned.returncode == 2 and "strategy.devices=4" in owned.stderr
+    rank = _torchrun("hydra.run.dir=/x", NNODES="2", NODE_RANK="2", GPUS_PER_NODE="8")
+    assert rank.returncode == 2 and "NODE_RANK=2" in rank.stderr
+    resume = _torchrun("resume=null", GPUS_PER_NODE="1")
+    assert "resume=null" in resume.stdout and "resume=auto" not in resume.stdout

@@ -1,7 +1,8 @@
 """``Preemption``: on SIGUSR1 or SIGTERM, checkpoint at the next step boundary, stop, and requeue the SLURM job.
 
-SLURM sends SIGUSR1 some time before a job's limit when the job asked for it (``--signal=USR1@300``), and
-SIGTERM when it preempts or cancels a job. The signal handler only records the signal (nothing else is safe
+SLURM sends SIGUSR1 some time before a job's limit when the job asked for it (``--signal=USR1@300``, as
+``pfm launch slurm`` does; submitit, behind ``hydra/launcher=slurm``, asks for SIGUSR2), and SIGTERM when it
+preempts or cancels a job. The signal handler only records the signal (nothing else is safe
 inside a handler: a collective or a checkpoint there would run on one rank at an arbitrary point). At the end
 of every training step all ranks combine their flags with one all-reduce, so they agree on the step at which
 they stop even when the signal reached only some of them. That step is checkpointed with the run's
@@ -13,7 +14,7 @@ Lightning has its own SLURM auto-requeue on SIGUSR1; it is switched off
 (:func:`pfm.distributed.cluster.cluster_environment`), because its handler saves a checkpoint inside the
 signal handler, mid-step and on each rank on its own, and writes it where ``resume=auto`` does not look.
 
-Only SIGUSR1 requeues by default: ``scancel`` sends SIGTERM too, and a cancelled job must stay cancelled;
+Only SIGUSR1 and SIGUSR2 requeue by default: ``scancel`` sends SIGTERM too, and a cancelled job must stay cancelled;
 preemption in SLURM's ``PreemptMode=REQUEUE`` requeues the job by itself. Requeues stop once
 ``SLURM_RESTART_COUNT`` reaches ``max_requeues``, so a job that keeps being signalled is not requeued forever.
 """
@@ -67,8 +68,8 @@ class Preemption(L.Callback):
 
     def __init__(
         self,
-        signals: Sequence[str | int] = ("SIGUSR1", "SIGTERM"),
-        requeue_on: Sequence[str | int] = ("SIGUSR1",),
+        signals: Sequence[str | int] = ("SIGUSR1", "SIGUSR2", "SIGTERM"),
+        requeue_on: Sequence[str | int] = ("SIGUSR1", "SIGUSR2"),
         max_requeues: int = 10,
         requeue_command: Sequence[str] = ("scontrol", "requeue"),
     ) -> None:
