@@ -1,0 +1,414 @@
+"""A table of bad inputs (configs, files, checkpoints, tensor shapes, PDE coefficients): each fails with a message
+that names the bad value and a fix, and leaves no partial file behind.
+
+Config cases are composed in-process with Hydra's compose API and checked the way ``pfm-train`` checks them
+(``merge_trainer_devices`` + ``check_config``, then ``build_task``); one case runs the real ``pfm-train``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import pfm_train
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from datagen import FamilySpec, ShardPool, make_stepper
+from datagen.spectral import Grid
+from datagen.stepper import as_coefficient
+from pfm.build import CONF_DIR, build_task
+from pfm.checkpoints import export_checkpoint, resolve_resume
+from pfm.config_check import check_config, merge_trainer_devices
+from pfm.data import ShardDataModule
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def _checked(overrides: list[str]) -> Callable[[Path], None]:
+    """Compose, then check as pfm-train does before building anything."""
+
+    def run(tmp: Path) -> None:
+        cfg = _compose([o.replace("TMP", str(tmp)) for o in overrides])
+        merge_trainer_devices(cfg)
+        check_config(cfg)
+
+    return run
+
+
+def _built(overrides: list[str]) -> Callable[[Path], None]:
+    """Compose, check and build data, model and task (errors raised while building)."""
+
+    def run(tmp: Path) -> None:
+        cfg = _compose([o.replace("TMP", str(tmp)) for o in overrides])
+        merge_trainer_devices(cfg)
+        instantiate(cfg.strategy, _convert_="all")
+        build_task(cfg)
+
+    return run
+
+
+def _text_file(tmp: Path, name: str = "model.ckpt") -> Path:
+    path = tmp / name
+    path.write_text("this is not a checkpoint\n")
+    return path
+
+
+def _state(max_abs: float, dim: int = 3, n: int = 48, length: float = 2 * math.pi) -> torch.Tensor:
+    """A smooth vector field ``(1, dim, n, ..., n)`` with max |u| = ``max_abs``."""
+    axis = torch.arange(n) * length / n
+    x = torch.stack(torch.meshgrid(*[axis] * dim, indexing="ij"))
+    u = torch.sin(x + 0.3 * torch.arange(dim).reshape(-1, *[1] * dim))
+    return max_abs * u[None] / u.abs().max()
+
+
+@dataclass
+class Case:
+    """One bad input: what to run, the error type, words naming the value, words giving the fix."""
+
+    name: str
+    run: Callable[[Path], object]
+    error: type[BaseException] | tuple[type[BaseException], ...]
+    names: tuple[str, ...]
+    fix: tuple[str, ...]
+
+
+DEMO = ["experiment=demo"]
+CASES = [
+    # configs: the four raw errors of issue 12, then types, ranges and unknown keys
+    Case(
+        "init_from text file named .ckpt",
+        lambda t: _checked([*DEMO, f"init_from={_text_file(t)}"])(t),
+        ValueError,
+        ("model.ckpt", "not a PyTorch checkpoint"),
+        ("Fix: init_from=",),
+    ),
+    Case(
+        "batch_size negative",
+        _checked([*DEMO, "data.batch_size=-2"]),
+        ValueError,
+        ("data.batch_size=-2",),
+        ("Fix: e.g. data.batch_size=",),
+    ),
+    Case(
+        "lr not a number",
+        _checked([*DEMO, "task.optimizer.lr=fast"]),
+        ValueError,
+        ("task.optimizer.lr='fast'", "float"),
+        ("Fix: e.g. task.optimizer.lr=",),
+    ),
+    Case(
+        "experiment keys the shards data does not take",
+        _checked([*DEMO, "data=shards", "data.path=TMP"]),
+        ValueError,
+        ("data.n=64", "data.crop=32", "ShardDataModule"),
+        ("~data.n ~data.crop",),
+    ),
+    Case(
+        "init_from missing",
+        _checked([*DEMO, "init_from=/nonexistent/weights.ckpt"]),
+        ValueError,
+        ("/nonexistent/weights.ckpt", "does not exist"),
+        ("Fix: init_from=",),
+    ),
+    Case(
+        "crop not an integer",
+        _checked([*DEMO, "data.crop=3.5"]),
+        ValueError,
+        ("data.crop=3.5", "int"),
+        ("Fix: e.g. data.crop=32",),
+    ),
+    Case(
+        "grid size zero",
+        _checked([*DEMO, "data.n=0"]),
+        ValueError,
+        ("data.n=0", ">= 1"),
+        ("Fix: e.g. data.n=",),
+    ),
+    Case(
+        "refresh fraction above 1",
+        _checked([*DEMO, "data.refresh_fraction=1.5"]),
+        ValueError,
+        ("data.refresh_fraction=1.5", "[0, 1]"),
+        ("Fix: e.g. data.refresh_fraction=",),
+    ),
+    Case(
+        "no trajectories",
+        _checked([*DEMO, "data.num_trajectories=0"]),
+        ValueError,
+        ("data.num_trajectories=0",),
+        ("Fix: e.g. data.num_trajectories=",),
+    ),
+    Case(
+        "max_steps zero",
+        _checked([*DEMO, "trainer.max_steps=0"]),
+        ValueError,
+        ("trainer.max_steps=0",),
+        ("Fix: e.g. trainer.max_steps=",),
+    ),
+    Case(
+        "misspelt data key",
+        _checked([*DEMO, "+data.augmentt=false"]),
+        ValueError,
+        ("data.augmentt=False",),
+        ("did you mean augment", "~data.augmentt"),
+    ),
+    Case(
+        "boolean given as text",
+        _checked([*DEMO, "data.standardize=maybe"]),
+        ValueError,
+        ("data.standardize='maybe'", "bool"),
+        ("Fix",),
+    ),
+    Case(
+        "shards path unset",
+        _checked(["data=shards", "model=conv_vae"]),
+        ValueError,
+        ("data.path", "???"),
+        ("data.path=<value>",),
+    ),
+    Case(
+        "trainer.devices and strategy.devices disagree",
+        _checked([*DEMO, "strategy=ddp", "strategy.devices=3", "trainer.devices=2"]),
+        ValueError,
+        ("trainer.devices=2", "strategy.devices=3"),
+        ("Fix: give only strategy.devices",),
+    ),
+    Case(
+        "trainer.devices=2 on the one-process strategy",
+        _built([*DEMO, "trainer.devices=2"]),
+        HydraException,
+        ("devices=2", "single runs one process"),
+        ("ddp", "pick one with strategy=<name>"),
+    ),
+    Case(
+        "unknown accelerator",
+        _built([*DEMO, "strategy.accelerator=tpu"]),
+        HydraException,
+        ("'tpu'",),
+        ("auto, cpu, gpu",),
+    ),
+    Case(
+        "unknown model choice",
+        lambda t: _compose(["model=tadpole_xxl"]),
+        MissingConfigException,
+        ("tadpole_xxl",),
+        ("tadpole_s", "conv_vae"),
+    ),
+    Case(
+        "key not in the config",
+        lambda t: _compose(["data.augmentt=false"]),
+        ConfigCompositionException,
+        ("data.augmentt",),
+        ("+data.augmentt",),
+    ),
+    Case(
+        "crop larger than the grid",
+        _built(["model=conv_vae", "data.n=16", "data.crop=32"]),
+        HydraException,
+        ("data.crop=32", "data.n=16"),
+        ("data.crop <= 16",),
+    ),
+    Case(
+        "crop not divisible by the model",
+        _built([*DEMO, "data.n=32", "data.crop=24"]),
+        ValueError,
+        ("data.crop=24", "16"),
+        ("e.g. data.crop=16",),
+    ),
+    # files and checkpoints
+    Case(
+        "resume from a text file",
+        lambda t: resolve_resume(_text_file(t), t / "checkpoints"),
+        ValueError,
+        ("model.ckpt",),
+        ("resume=auto",),
+    ),
+    Case(
+        "export a text file",
+        lambda t: export_checkpoint(_text_file(t), t / "export"),
+        ValueError,
+        ("model.ckpt",),
+        ("export an older one",),
+    ),
+    Case(
+        "export a missing checkpoint",
+        lambda t: export_checkpoint(t / "missing.ckpt", t / "export"),
+        (FileNotFoundError, ValueError),
+        ("missing.ckpt",),
+        ("pass a step*.ckpt",),
+    ),
+    Case(
+        "shards folder without format.json",
+        lambda t: ShardDataModule(path=str(t), batch_size=2).setup("fit"),
+        ValueError,
+        ("format.json",),
+        ("pfm-datagen write --out",),
+    ),
+    # tensor shapes
+    Case(
+        "coefficient of the wrong shape",
+        lambda t: as_coefficient(torch.ones(2, 2), Grid(2, 16, 1.0)),
+        ValueError,
+        ("(2, 2)",),
+        ("scalar or a (batch,) vector",),
+    ),
+    Case(
+        "field without a channel axis",
+        lambda t: build_task(_compose(["model=conv_vae", "data.n=16", "data.crop=16"]))[1].model(
+            torch.randn(1, 12, 12, 12)
+        ),
+        ValueError,
+        ("(1, 12, 12, 12)",),
+        ("(batch, channels, x, y, z)",),
+    ),
+    # PDE coefficients and states
+    Case(
+        "unknown PDE",
+        lambda t: make_stepper("navier_stokes_3d", dim=3, n=16, dt=0.1),
+        ValueError,
+        ("navier_stokes_3d",),
+        ("burgers", "docs/new_pde.md"),
+    ),
+    Case(
+        "unknown coefficient",
+        lambda t: make_stepper("burgers", dim=1, n=32, dt=0.001, viscosity=0.1),
+        ValueError,
+        ("viscosity",),
+        ("diffusivity",),
+    ),
+    Case(
+        "negative diffusivity",
+        lambda t: make_stepper("diffusion", dim=2, n=32, dt=0.01, diffusivity=-0.1),
+        ValueError,
+        ("diffusivity", "-0.1"),
+        ("use diffusivity >= 0",),
+    ),
+    Case(
+        "zero time step",
+        lambda t: make_stepper("diffusion", dim=2, n=32, dt=0.0),
+        ValueError,
+        ("dt=0",),
+        ("positive time step",),
+    ),
+    Case(
+        "dimension the family lacks",
+        lambda t: make_stepper("navier_stokes_vorticity", dim=3, n=16, dt=0.001),
+        ValueError,
+        ("dim=3",),
+        ("[2]",),
+    ),
+    Case(
+        "state too large for the viscosity",
+        lambda t: make_stepper("burgers", dim=3, n=48, length=2 * math.pi, dt=0.005, diffusivity=0.03)(
+            _state(4.0)
+        ),
+        ValueError,
+        ("max|u|=4", "cell Reynolds number", "above the limit 10"),
+        ("use diffusivity >= ", "or n >= "),
+    ),
+    Case(
+        "pool coefficient range breaks the CFL limit",
+        lambda t: ShardPool(
+            [FamilySpec("burgers", dt=0.05, coefficients={"diffusivity": [0.01, 0.03]})],
+            n=32,
+            num_trajectories=1,
+        ),
+        ValueError,
+        ("dt=0.05", "CFL number"),
+        ("use dt <=",),
+    ),
+    Case(
+        "negative max_amplitude",
+        lambda t: make_stepper("burgers", dim=1, n=32, dt=0.001, max_amplitude=-1.0),
+        ValueError,
+        ("max_amplitude=-1.0",),
+        (">= 0",),
+    ),
+]
+
+
+def test_the_table_is_large() -> None:
+    assert len(CASES) >= 25
+    assert len({c.name for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_names_value_and_fix(case: Case, tmp_path: Path) -> None:
+    before = set(tmp_path.rglob("*"))
+    with pytest.raises(case.error) as info:
+        case.run(tmp_path)
+    message = str(info.value) + "".join(f"\n{c}" for c in _causes(info.value))
+    for words in (*case.names, *case.fix):
+        assert words in message, f"{case.name}: {words!r} not in the message:\n{message}"
+    left = set(tmp_path.rglob("*")) - before - {tmp_path / "model.ckpt"}
+    assert not left, f"{case.name} left files behind: {sorted(map(str, left))}"
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    out = []
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+        out.append(err)
+    return out
+
+
+def test_trainer_devices_is_strategy_devices() -> None:
+    """trainer.devices/num_nodes, as a Lightning user types them, set the strategy's switches."""
+    cfg = _compose([*DEMO, "strategy=ddp", "trainer.devices=2", "trainer.num_nodes=1"])
+    merge_trainer_devices(cfg)
+    assert cfg.strategy.devices == 2 and cfg.strategy.num_nodes == 1
+    assert "devices" not in cfg.trainer and "num_nodes" not in cfg.trainer
+    setup = instantiate(cfg.strategy, _convert_="all")
+    assert setup.trainer_kwargs["devices"] == 2
+    same = _compose([*DEMO, "strategy=ddp", "strategy.devices=2", "trainer.devices=2"])
+    merge_trainer_devices(same)  # the same value twice is no conflict
+    assert same.strategy.devices == 2
+    with pytest.raises(ValueError, match=r"trainer.num_nodes=2 and strategy.num_nodes=4.*strategy.num_nodes"):
+        merge_trainer_devices(_compose([*DEMO, "strategy.num_nodes=4", "trainer.num_nodes=2"]))
+
+
+def test_every_composed_experiment_passes_the_check() -> None:
+    """No false alarms: every experiment and every option of every group composes into a clean config."""
+    overrides = [[f"experiment={p.stem}"] for p in (CONF_DIR / "experiment").glob("*.yaml")]
+    for group in ("model", "data", "head", "task", "strategy", "trainer", "logger"):
+        overrides += [[f"{group}={p.stem}"] for p in (CONF_DIR / group).glob("*.yaml")]
+    for o in overrides:
+        cfg = _compose(o)
+        merge_trainer_devices(cfg)
+        if o == ["data=shards"]:
+            cfg.data.path = "/tmp"  # the one value an option leaves for the user
+        check_config(cfg)
+
+
+def test_pfm_train_reports_the_shards_case_before_building(tmp_path: Path) -> None:
+    """The real entry point: the issue's `experiment=demo data=shards data.path=DIR` fails clearly, early."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    out = tmp_path / "run"
+    result = pfm_train(["experiment=demo", "data=shards", f"data.path={shards}", "logger=csv"], out)
+    assert result.returncode != 0
+    assert "data.n=64" in result.stderr and "~data.n ~data.crop" in result.stderr, result.stderr[-2000:]
+    assert "unexpected keyword argument" not in result.stderr
+    assert (
+        not (out / "checkpoints").exists() and not list(out.rglob("*.png")) and not list(out.rglob("*.tmp"))
+    )
