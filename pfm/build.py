@@ -21,7 +21,7 @@ from pfm.checkpoints.pretrained import is_registry_name, load_weights, resolve_s
 from pfm.config_check import check_config
 from pfm.distributed import StrategySetup
 
-__all__ = ["CONF_DIR", "accepted", "build_model", "build_task", "run_info"]
+__all__ = ["CONF_DIR", "accepted", "build_model", "build_task", "head_model_spec", "run_info"]
 
 CONF_DIR = Path(os.environ.get("PFM_CONFIG_DIR", Path(__file__).resolve().parents[1] / "conf"))
 
@@ -45,6 +45,18 @@ def build_model(model_cfg: DictConfig, spec: Mapping[str, Any]) -> Any:
     return model
 
 
+def head_model_spec(spec: Mapping[str, Any], head_cfg: Any) -> dict[str, Any]:
+    """The spec the model under a head is built with: the data's, with the head's ``model_spec`` on top.
+
+    A fine-tuning head whose model must match pretrained weights (GPhyT's field vocabulary, grid, frames)
+    names those entries in ``head.model_spec``; the head then adapts the model to the data.
+    """
+    extra = head_cfg.get("model_spec") if head_cfg is not None and head_cfg.get("_target_") else None
+    if isinstance(extra, DictConfig):
+        extra = OmegaConf.to_container(extra, resolve=True)
+    return {**spec, **(extra or {})}
+
+
 def _check_divisible(crop: int | None, factor: int) -> None:
     if crop is not None and crop % factor:
         lower = max(factor, crop // factor * factor)
@@ -62,13 +74,18 @@ def build_task(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModul
             cfg.init_from = str(resolve_source(cfg.init_from))
     check_config(cfg, ("data", "model", "head", "task", "init_from"))  # clear errors before building
     datamodule = instantiate(cfg.data)
-    model = build_model(cfg.model, datamodule.spec)
+    model = build_model(cfg.model, head_model_spec(datamodule.spec, cfg.get("head")))
     if cfg.get("init_from"):
         load_weights(model, cfg.init_from)
     if cfg.get("head") and cfg.head.get("_target_"):
         head = instantiate(cfg.head, _partial_=True)
         model = head(model, **accepted(head.func, datamodule.spec))
-    task_extras = {"pde_names": getattr(datamodule, "pde_names", [])}
+    spec = datamodule.spec
+    task_extras = {
+        "pde_names": getattr(datamodule, "pde_names", []),
+        "fields": spec.get("fields", ()),
+        "num_frames": spec.get("num_frames"),
+    }
     task = instantiate(cfg.task, model=model, **accepted(get_method(cfg.task._target_), task_extras))
     return datamodule, task
 
