@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pfm.checkpoints.safe import Placeholder, load_state_dict, refused_globals, safe_load
+from pfm.checkpoints.safe import (
+    Placeholder,
+    load_state_dict,
+    refused_globals,
+    safe_load,
+)
 
 
 class RunsShell:
@@ -69,7 +74,12 @@ def test_tensors_load_and_pickled_code_in_hyper_parameters_does_not_run(tmp_path
     weights = _weights()
     hparams = AuthorsDict(cfg=AuthorsHparams(), hook=RunsShell(marker), other=RunsExec(marker))
     torch.save(
-        {"state_dict": weights, "hyper_parameters": hparams, "epoch": 3, "shape": torch.Size([2, 3])},
+        {
+            "state_dict": weights,
+            "hyper_parameters": hparams,
+            "epoch": 3,
+            "shape": torch.Size([2, 3]),
+        },
         tmp_path / "model.ckpt",
     )
     ckpt = safe_load(tmp_path / "model.ckpt")
@@ -98,7 +108,10 @@ def test_untyped_storages_and_numpy_load(tmp_path):
     import numpy as np
 
     storage = torch.UntypedStorage(8)
-    torch.save({"storage": storage, "array": np.arange(3.0), "rng": np.random.get_state()}, tmp_path / "s.pt")
+    torch.save(
+        {"storage": storage, "array": np.arange(3.0), "rng": np.random.get_state()},
+        tmp_path / "s.pt",
+    )
     loaded = safe_load(tmp_path / "s.pt")
     assert loaded["storage"].nbytes() == 8  # torch.load gives it back as a TypedStorage of uint8, as here
     np.testing.assert_array_equal(loaded["array"], np.arange(3.0))
@@ -130,7 +143,10 @@ def test_state_dict_that_needs_code_is_refused_by_name(tmp_path):
 
 def test_code_among_the_tensors_is_refused(tmp_path):
     marker = tmp_path / "ran"
-    torch.save({"state_dict": {"w": torch.ones(2), "payload": RunsExec(marker)}}, tmp_path / "evil.ckpt")
+    torch.save(
+        {"state_dict": {"w": torch.ones(2), "payload": RunsExec(marker)}},
+        tmp_path / "evil.ckpt",
+    )
     with pytest.raises(ValueError, match=r"evil\.ckpt.*'payload'.*builtins\.exec"):
         load_state_dict(tmp_path / "evil.ckpt")
     assert not marker.exists()
@@ -152,3 +168,124 @@ def test_missing_and_corrupt_files(tmp_path):
     (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"cut\.ckpt.*sha256"):
         safe_load(tmp_path / "cut.ckpt")
+
+
+# --- the three ways a foreign file enters pfm: init_from, pfm export, load_pretrained -------------------------
+
+_SPEC = {"num_channels": 1, "crop_size": 16, "num_spatial_dims": 3}
+
+
+def _pfm_checkpoint(path: Path, marker: Path, *, poison_weights: bool) -> torch.nn.Module:
+    """A checkpoint shaped like pfm-train's (ConvVAE under ``model.``, a ``pfm`` run description) that also
+    carries payloads which run code when unpickled with weights_only=False."""
+    from pfm.build import build_model
+    from pfm.checkpoints.pretrained import model_config
+
+    model = build_model(model_config("conv_vae"), _SPEC)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if poison_weights:
+        state["model.encoder.extra"] = RunsShell(marker)
+    torch.save(
+        {
+            "state_dict": state,
+            "global_step": 3,
+            "pfm": {
+                "model": {
+                    "_target_": "pfm.models.ConvVAE",
+                    "width": 16,
+                    "latent_channels": 8,
+                    "num_stages": 2,
+                },
+                "head": None,
+                "data_spec": _SPEC,
+                "config": {"seed": 0},
+            },
+            "hyper_parameters": AuthorsDict(hook=RunsShell(marker)),
+            "callbacks": {"x": RunsExec(marker)},
+        },
+        path,
+    )
+    return model
+
+
+def test_init_from_runs_no_pickled_code(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pfm.build import CONF_DIR, build_task
+
+    marker = tmp_path / "ran"
+    source = _pfm_checkpoint(tmp_path / "good.ckpt", marker, poison_weights=False)
+    _pfm_checkpoint(tmp_path / "bad.ckpt", marker, poison_weights=True)
+    overrides = [
+        "experiment=demo",
+        "model=conv_vae",
+        "data.n=16",
+        "data.crop=16",
+        "data.num_trajectories=2",
+    ]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        good = compose("train", overrides=[*overrides, f"init_from={tmp_path / 'good.ckpt'}"])
+        bad = compose("train", overrides=[*overrides, f"init_from={tmp_path / 'bad.ckpt'}"])
+    _, task = build_task(good)
+    torch.testing.assert_close(task.model.state_dict(), source.state_dict())
+    with pytest.raises(ValueError, match=r"bad\.ckpt.*model\.encoder\.extra.*os\.system"):
+        build_task(bad)
+    assert not marker.exists()
+
+
+def test_pfm_export_runs_no_pickled_code(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from pfm.cli import main as pfm_cli
+
+    marker = tmp_path / "ran"
+    source = _pfm_checkpoint(tmp_path / "good.ckpt", marker, poison_weights=False)
+    assert (
+        pfm_cli(
+            [
+                "export",
+                str(tmp_path / "good.ckpt"),
+                "--out",
+                str(tmp_path / "out"),
+                "--name",
+                "mine",
+            ]
+        )
+        == 0
+    )
+    exported = load_file(tmp_path / "out" / "model.safetensors")
+    torch.testing.assert_close(exported, source.state_dict())
+    printed = capsys.readouterr().out
+    assert "mine:" in printed and "model: conv_vae" in printed, "export prints its registry entry"
+    assert printed.strip().splitlines()[-1].endswith("SHA256SUMS"), "paths stay last"
+    _pfm_checkpoint(tmp_path / "bad.ckpt", marker, poison_weights=True)
+    with pytest.raises(ValueError, match=r"bad\.ckpt.*model\.encoder\.extra.*os\.system"):
+        pfm_cli(["export", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "out2")])
+    assert not marker.exists()
+    assert not (tmp_path / "out2" / "model.safetensors").exists()
+
+
+def test_load_pretrained_runs_no_pickled_code(tmp_path, monkeypatch):
+    from pfm.checkpoints import load_pretrained
+
+    marker = tmp_path / "ran"
+    source = _pfm_checkpoint(tmp_path / "good.ckpt", marker, poison_weights=False)
+    model = load_pretrained(tmp_path / "good.ckpt")
+    torch.testing.assert_close(model.state_dict(), source.state_dict())
+    _pfm_checkpoint(tmp_path / "bad.ckpt", marker, poison_weights=True)
+    with pytest.raises(ValueError, match=r"bad\.ckpt.*model\.encoder\.extra.*os\.system"):
+        load_pretrained(tmp_path / "bad.ckpt")
+    # by registry name: an official-style .pth whose state dict is a payload
+    torch.save({"state_dict": RunsShell(marker)}, tmp_path / "official.pth")
+    registry = tmp_path / "registry.yaml"
+    url = (tmp_path / "official.pth").as_uri()
+    registry.write_text(
+        f"models:\n  evil: {{family: x, model: conv_vae, spec: {_SPEC}, files: [{{url: '{url}'}}]}}\n"
+    )
+    monkeypatch.setenv("PFM_REGISTRY", str(registry))
+    monkeypatch.setenv("PFM_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"official\.pth.*os\.system"):
+        load_pretrained("evil")
+    assert not marker.exists()
