@@ -70,7 +70,7 @@ SUPPORTED = sorted(n for n, e in BUNDLED.items() if e.status == "supported")
 
 
 def test_some_entries_are_supported():
-    assert {"tadpole-s", "tadpole-b", "tadpole-l"} <= set(SUPPORTED)
+    assert {"tadpole-s", "tadpole-b", "tadpole-l", "gphyt-s", "gphyt-xl"} <= set(SUPPORTED)
 
 
 @pytest.mark.parametrize("name", SUPPORTED)
@@ -82,8 +82,9 @@ def test_supported_entry_composes_and_builds_on_meta(name):
     with torch.device("meta"):
         model = build_model(cfg.model, dict(entry.spec))
     count = sum(p.numel() for p in model.parameters())
-    # the registry's parameter count is the published one, rounded: within 5%
-    assert abs(count - entry.num_parameters) / entry.num_parameters < 0.05, (count, entry.num_parameters)
+    # the registry's count is the published one, rounded; GPhyT builds ~17% smaller (pfm folds the official
+    # double q/k/v projection into one), so a wrong size (4x apart here) is what this catches
+    assert 0.75 < count / entry.num_parameters < 1.05, (count, entry.num_parameters)
 
 
 def test_user_registry_adds_and_overrides(user_registry):
@@ -265,3 +266,19 @@ def test_official_files_go_to_the_models_converter(tmp_path, layout):
     model = load_weights(_OfficialNet(), tmp_path / "official.pth")
     assert set(model.seen) == set(weights)
     torch.testing.assert_close(model.proj.weight, weights["module._orig_mod.w"])
+
+
+def test_gphyt_official_file_loads_by_name(tmp_path, user_registry):
+    from pfm.models import GPhyT
+
+    source = GPhyT("S").eval()
+    # the official file: a nested, DDP/compile-prefixed state dict in a .pth, plus a payload-free optimizer
+    official = {f"module._orig_mod.{k}": v for k, v in source.to_official_state_dict().items()}
+    torch.save({"model_state_dict": official, "epoch": 3}, tmp_path / "gphyt-S.pth")
+    url = (tmp_path / "gphyt-S.pth").as_uri()
+    entry = dict(BUNDLED["gphyt-s"].to_dict(), files=[{"url": url, "sha256": _sha(tmp_path / "gphyt-S.pth")}])
+    _write(user_registry, {"gphyt-s": entry})
+    model = load_pretrained("gphyt-s")
+    x = torch.randn(1, 4, 256, 128, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=1e-4, atol=1e-4)
