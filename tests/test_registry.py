@@ -209,16 +209,23 @@ def test_unsupported_entry_is_refused_clearly(user_registry):
         load_pretrained("later")
 
 
-def test_export_entry_round_trips_through_the_registry(tmp_path, user_registry):
+def _export_folder(folder: Path) -> nn.Module:
+    """A folder laid out like `pfm export` writes it, for a small ConvVAE."""
     spec = {"num_channels": 1, "crop_size": 16, "num_spatial_dims": 3}
     model = build_model(model_config("conv_vae"), spec)
-    folder = tmp_path / "export"
     folder.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
     config = {"model": dict(model_config("conv_vae")), "head": None, "data_spec": spec, "global_step": 1}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    sums = "".join(f"{_sha(folder / n)}  {n}\n" for n in ("model.safetensors", "config.yaml"))
-    (folder / "SHA256SUMS").write_text(sums)
+    (folder / "README.md").write_text("# a model card\n")
+    names = ("model.safetensors", "config.yaml", "README.md")
+    (folder / "SHA256SUMS").write_text("".join(f"{_sha(folder / n)}  {n}\n" for n in names))
+    return model
+
+
+def test_export_entry_round_trips_through_the_registry(tmp_path, user_registry):
+    folder = tmp_path / "export"
+    model = _export_folder(folder)
     entry = export_entry(folder)
     assert entry["model"] == "conv_vae" and entry["num_parameters"] == sum(
         p.numel() for p in model.parameters()
@@ -282,3 +289,28 @@ def test_gphyt_official_file_loads_by_name(tmp_path, user_registry):
     x = torch.randn(1, 4, 256, 128, 5)
     with torch.no_grad():
         torch.testing.assert_close(model(x), source(x), rtol=1e-4, atol=1e-4)
+
+
+def test_publish_dry_run_checks_the_folder_and_prints_the_entry(tmp_path, user_registry, capsys):
+    from pfm.cli import main as pfm_cli
+
+    folder = tmp_path / "export"
+    _export_folder(folder)
+    assert pfm_cli(["publish", str(folder), "--repo", "my-lab/my-vae", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would upload to https://huggingface.co/my-lab/my-vae (public)" in out
+    entry = yaml.safe_load("\n".join(line for line in out.splitlines() if not line.startswith("#")))
+    assert entry["my-vae"]["model"] == "conv_vae"
+    urls = [f["url"] for f in entry["my-vae"]["files"]]
+    assert urls == ["hf://my-lab/my-vae/model.safetensors", "hf://my-lab/my-vae/config.yaml"]
+    assert entry["my-vae"]["files"][0]["sha256"] == _sha(folder / "model.safetensors")
+    with pytest.raises(SystemExit, match="ORG/NAME"):
+        pfm_cli(["publish", str(folder), "--repo", "no-slash", "--dry-run"])
+    (folder / "config.yaml").write_text("changed: true\n")
+    assert pfm_cli(["publish", str(folder), "--repo", "my-lab/my-vae", "--dry-run"]) == 1
+    assert "config.yaml has SHA-256" in capsys.readouterr().err, (
+        "a folder that changed after export is refused"
+    )
+    (folder / "README.md").unlink()
+    with pytest.raises(SystemExit, match=r"lacks \['README.md'\].*pfm export"):
+        pfm_cli(["publish", str(folder), "--repo", "my-lab/my-vae", "--dry-run"])
