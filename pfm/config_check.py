@@ -14,6 +14,7 @@ and from the naming conventions of the code base (counts start with ``num_``).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 import types
@@ -267,7 +268,12 @@ def _init_from_problems(cfg: DictConfig) -> Iterator[str]:
 
 
 def config_problems(cfg: DictConfig, keys: Sequence[str] | None = None) -> list[str]:
-    """Every problem :func:`check_config` would report, one sentence each (empty if the config is fine)."""
+    """Every problem :func:`check_config` would report, one sentence each (empty if the config is fine).
+
+    Judged as a run would see it: on a copy with ``trainer.devices``/``num_nodes`` merged into the strategy.
+    """
+    cfg = copy.deepcopy(cfg)
+    merge_trainer_devices(cfg)
     problems: list[str] = list(_init_from_problems(cfg)) if keys is None or "init_from" in keys else []
     for key in keys if keys is not None else list(cfg):
         if key == "hydra" or key not in cfg or OmegaConf.is_missing(cfg, key):

@@ -127,3 +127,36 @@ def test_progress_bar_total_is_max_steps(tmp_path: Path, accumulate: int) -> Non
     assert bar.train_progress_bar.total == 5
     assert bar.train_progress_bar.n == 5  # optimizer steps, not batches (10 with accumulation 2)
     assert bar.train_progress_bar.desc.startswith("Step")
+
+
+class _RecordingBar(StepProgressBar):
+    """Remembers where the bar stood when training (re)started."""
+
+    start: int | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.start = self.train_progress_bar.n
+
+
+def test_progress_bar_of_a_resumed_run_starts_at_its_step(tmp_path: Path) -> None:
+    def trainer(max_steps: int, bar: StepProgressBar) -> L.Trainer:
+        return L.Trainer(
+            max_steps=max_steps,
+            callbacks=[bar],
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            default_root_dir=str(tmp_path),
+            accelerator="cpu",
+        )
+
+    first = trainer(3, StepProgressBar())
+    first.fit(_Tiny(), DataLoader(_Stream(), batch_size=2))
+    first.save_checkpoint(tmp_path / "step3.ckpt")
+    bar = _RecordingBar()
+    second = trainer(5, bar)
+    second.fit(_Tiny(), DataLoader(_Stream(), batch_size=2), ckpt_path=str(tmp_path / "step3.ckpt"))
+    assert bar.start == 3
+    assert second.global_step == 5
+    assert bar.train_progress_bar.total == 5 and bar.train_progress_bar.n == 5
