@@ -314,3 +314,17 @@ def test_publish_dry_run_checks_the_folder_and_prints_the_entry(tmp_path, user_r
     (folder / "README.md").unlink()
     with pytest.raises(SystemExit, match=r"lacks \['README.md'\].*pfm export"):
         pfm_cli(["publish", str(folder), "--repo", "my-lab/my-vae", "--dry-run"])
+
+
+def test_info_without_a_name_keeps_its_output_and_with_one_shows_the_entry(user_registry, capsys):
+    from pfm.cli import main as pfm_cli
+
+    assert pfm_cli(["info"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("pfm ") and "PDE families: " in out and "heat" not in out.split("\n")[0]
+    assert pfm_cli(["info", "gphyt-m"]) == 0
+    out = capsys.readouterr().out
+    assert "hf://flwi/Physics-Foundation-Model/gphyt-M.pth" in out and "loadable by pfm: yes" in out
+    assert "gphyt-M.pth: not cached" in out
+    assert pfm_cli(["info", "gphyt-q"]) == 1
+    assert "Did you mean gphyt-" in capsys.readouterr().err
