@@ -21,6 +21,7 @@ Usage:
     python benchmarks/gphyt.py                                  # CPU, S, batch 1
     python benchmarks/gphyt.py --threads 1 --steps 5
     python benchmarks/gphyt.py --device cuda --size M --bf16 --batch 32 --steps 20
+    python benchmarks/gphyt.py --throughput --size S --batch 1 --steps 1 --bf16   # the same loop on CPU
 """
 
 from __future__ import annotations
@@ -209,22 +210,30 @@ def _train_flops(size: str, batch: int) -> float:
     return 3.0 * forward * batch
 
 
-def _gpu(size: str, batch: int, steps: int, warmup: int, bf16: bool, backend: str) -> None:
-    """GPhyT training throughput on CUDA in a plain loop; prints samples/s, TFLOP/s and MFU."""
+def _throughput(
+    device_name: str, size: str, batch: int, steps: int, warmup: int, bf16: bool, backend: str
+) -> None:
+    """GPhyT training throughput in a plain loop; prints samples/s, TFLOP/s and (CUDA) MFU."""
     import torch
 
     from pfm.models import GPhyT
 
-    device = torch.device("cuda")
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
     torch.manual_seed(0)
     model = GPhyT(size, attention_backend=backend).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
     x = torch.randn(batch, FRAMES, *GRID, FIELDS, device=device)
     target = torch.randn(batch, 1, *GRID, FIELDS, device=device)
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = torch.nn.functional.mse_loss(model(x).float(), target)
         loss.backward()
         optimizer.step()
@@ -232,24 +241,27 @@ def _gpu(size: str, batch: int, steps: int, warmup: int, bf16: bool, backend: st
 
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
         loss = step()
-    torch.cuda.synchronize()
+    sync()
     elapsed = (time.perf_counter() - start) / steps
     flops = _train_flops(size, batch)
     params = sum(p.numel() for p in model.parameters())
+    where = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(
-        f"GPhyT-{size} ({params / 1e6:.1f}M params) training on {torch.cuda.get_device_name()}, batch {batch}, "
-        f"{'bf16 autocast' if bf16 else 'fp32'}, attention {backend}, AdamW, plain loop, {steps} steps after "
-        f"{warmup} warm-up"
+        f"GPhyT-{size} ({params / 1e6:.1f}M params) training on {where}, batch {batch}, "
+        f"{'bf16 autocast' if bf16 else 'fp32'}, attention {backend}, AdamW, plain loop (not pfm-train), "
+        f"{steps} steps after {warmup} warm-up"
     )
+    mfu = f", MFU {flops / elapsed / H200_BF16_PEAK:.1%} of 989 TFLOP/s (H200 dense bf16)" if cuda else ""
+    memory = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else ""
     print(
-        f"  {1e3 * elapsed:.1f} ms/step, {batch / elapsed:.1f} samples/s, {flops / elapsed / 1e12:.1f} TFLOP/s "
-        f"({flops / batch / 1e9:.1f} GFLOP per sample, analytic), MFU {flops / elapsed / H200_BF16_PEAK:.1%} of "
-        f"989 TFLOP/s, peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB, last loss {loss.item():.4f}"
+        f"  {1e3 * elapsed:.1f} ms/step, {batch / elapsed:.2f} samples/s, {flops / elapsed / 1e12:.2f} TFLOP/s "
+        f"({flops / batch / 1e9:.1f} GFLOP per sample, analytic){mfu}{memory}, last loss {loss.item():.4f}"
     )
 
 
@@ -266,7 +278,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 1 / 5)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--bf16", action="store_true", help="CUDA: bf16 autocast")
-    parser.add_argument("--attention-backend", default="sdpa", choices=["sdpa", "xformers"], help="CUDA only")
+    parser.add_argument(
+        "--attention-backend", default="sdpa", choices=["sdpa", "xformers"], help="xformers: CUDA"
+    )
+    parser.add_argument(
+        "--throughput",
+        action="store_true",
+        help="the training-throughput loop (default on CUDA) on this device",
+    )
     parser.add_argument("--threads", type=int, help="CPU threads per run (default: torch's default)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -279,8 +298,8 @@ def main() -> None:
     batch = args.batch or (32 if cuda else 1)
     steps = args.steps or (20 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
-    if cuda:
-        _gpu(size, batch, steps, warmup, args.bf16, args.attention_backend)
+    if cuda or args.throughput:
+        _throughput(args.device, size, batch, steps, warmup, args.bf16, args.attention_backend)
         return
 
     import torch
