@@ -211,12 +211,22 @@ def _train_flops(size: str, batch: int) -> float:
 
 
 def _throughput(
-    device_name: str, size: str, batch: int, steps: int, warmup: int, bf16: bool, backend: str
+    device_name: str,
+    size: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    bf16: bool,
+    backend: str,
+    threads: int | None,
 ) -> None:
     """GPhyT training throughput in a plain loop; prints samples/s, TFLOP/s and (CUDA) MFU."""
     import torch
 
     from pfm.models import GPhyT
+
+    if threads:
+        torch.set_num_threads(threads)
 
     device = torch.device(device_name)
     cuda = device.type == "cuda"
@@ -299,7 +309,7 @@ def main() -> None:
     steps = args.steps or (20 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     if cuda or args.throughput:
-        _throughput(args.device, size, batch, steps, warmup, args.bf16, args.attention_backend)
+        _throughput(args.device, size, batch, steps, warmup, args.bf16, args.attention_backend, args.threads)
         return
 
     import torch
