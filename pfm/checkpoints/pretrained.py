@@ -279,5 +279,29 @@ def load_pretrained(source: str | Path, revision: str | None = None) -> nn.Modul
         from pfm.checkpoints.export import load_exported
 
         return load_exported(local, verify=False)  # the registry's sha256 were checked by the download
-    model = _build(model_config(entry.model), dict(entry.spec))
+    cfg = model_config(entry.model)
+    if local.is_file() and local.suffix in _TORCH_SUFFIXES:
+        official = _from_official(cfg, dict(entry.spec), local)
+        if official is not None:
+            return official.eval()
+    model = _build(cfg, dict(entry.spec))
     return load_weights(model, local).eval()
+
+
+def _from_official(model_cfg: Any, spec: Mapping[str, Any], path: Path) -> nn.Module | None:
+    """The model built by its class's ``from_official(state_dict, ...)`` when it has one and ``path`` holds
+    the authors' names (PLaTITO reads its widths off the shapes; the 3M models' are published nowhere else)."""
+    from hydra.utils import get_method
+    from omegaconf import OmegaConf
+
+    from pfm.build import accepted
+
+    target = get_method(model_cfg._target_)
+    factory = getattr(target, "from_official", None)
+    if not callable(factory):
+        return None
+    state, own = _torch_state(path)
+    if own:
+        return None
+    options = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items() if k != "_target_"}
+    return factory(state, **accepted(factory, {**options, **spec}))
