@@ -3,9 +3,10 @@
 Each node with a ``_target_`` is compared with its target's signature: a key the constructor does not take
 (typically one an experiment sets for another ``data=``/``model=`` choice), a value whose type does not match
 the constructor's type hint, a value outside the range its name implies (counts, rates, fractions), and a
-mandatory ``???`` left unset. ``init_from`` must name a checkpoint that exists and is a torch archive. All problems are reported together in one ``ValueError``, each naming the key,
-the value, what is expected and the fix. Nothing here knows a particular key: the rules come from signatures
-and from the naming conventions of the code base (counts start with ``num_``).
+mandatory ``???`` left unset. ``init_from`` must name a checkpoint that exists and is a torch archive. All
+problems are reported together in one ``ValueError``, each naming the key, the value, what is expected and the
+fix. Nothing here knows a particular key: the rules come from signatures and from the naming conventions of
+the code base (counts start with ``num_``). See ``docs/config_checks.md``.
 
 ``trainer.devices`` and ``trainer.num_nodes`` are the same switches as ``strategy.devices`` and
 ``strategy.num_nodes`` (the strategy builds the Trainer's accelerator, devices and nodes):
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import enum
 import inspect
+import os
 import types
 import typing
 import zipfile
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.utils import get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
@@ -87,7 +91,7 @@ def _show(value: Any, limit: int = 60) -> str:
         text = str(OmegaConf.to_container(value, resolve=False))
     else:
         text = str(value)
-    return text if len(text) <= limit else text[: limit - 5] + " ...}"
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
 
 
 def _type_name(hint: Any) -> str:
@@ -105,11 +109,6 @@ def _type_name(hint: Any) -> str:
 
 def _from_text(cls: type) -> bool:
     """Classes whose constructors take a YAML string (paths, devices, enums) and so accept one."""
-    import enum
-    import os
-
-    import torch
-
     return issubclass(cls, os.PathLike | enum.Enum | torch.device | torch.dtype)
 
 
