@@ -131,11 +131,17 @@ def _allowed() -> dict[tuple[str, str], Any]:
         if isinstance(value, torch.dtype) or (name.endswith("Storage") and isinstance(value, type)):
             allowed[("torch", name)] = value
     try:  # numpy arrays and scalars (e.g. in callback state): rebuilt from raw bytes, no code runs
+        import importlib
+
         import numpy as np
 
+        # numpy 2 moved numpy.core to numpy._core (the old name warns); files name either
+        multiarray = importlib.import_module(
+            "numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray"
+        )
         for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            allowed[(module, "_reconstruct")] = np.core.multiarray._reconstruct
-            allowed[(module, "scalar")] = np.core.multiarray.scalar
+            allowed[(module, "_reconstruct")] = multiarray._reconstruct
+            allowed[(module, "scalar")] = multiarray.scalar
         allowed[("numpy", "ndarray")] = np.ndarray
         allowed[("numpy", "dtype")] = np.dtype
         for name in ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool_"):
