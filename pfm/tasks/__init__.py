@@ -1,11 +1,12 @@
 """Tasks: thin LightningModules, one per training objective, handed built models and optimizers.
 
-Public names: ``Task`` (the shared base), ``AutoencoderTask``, ``DynamicsTask``, ``nrmse``, ``schedules``.
+Public names: ``Task`` (the shared base), ``AutoencoderTask``, ``DynamicsTask``, ``NextFrameTask``, ``nrmse``, ``schedules``.
 """
 
 from pfm.tasks import schedules
 from pfm.tasks.autoencoder import AutoencoderTask, nrmse
 from pfm.tasks.base import Task
 from pfm.tasks.dynamics import DynamicsTask
+from pfm.tasks.next_frame import NextFrameTask
 
-__all__ = ["AutoencoderTask", "DynamicsTask", "Task", "nrmse", "schedules"]
+__all__ = ["AutoencoderTask", "DynamicsTask", "NextFrameTask", "Task", "nrmse", "schedules"]

@@ -1,0 +1,310 @@
+"""Next-frame training of a field model (GPhyT) on field windows, evaluated by autoregressive rollouts.
+
+Public names: ``NextFrameTask``, ``field_errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from pfm.tasks.base import Task
+
+__all__ = ["NextFrameTask", "field_errors"]
+
+log = logging.getLogger(__name__)
+
+# Keeps a (nearly) constant field from blowing up normalised values and losses; The Well uses the same floor.
+_MIN_STD = 1e-4
+_EPS = 1e-7
+
+
+def field_errors(prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """VRMSE and nRMSE per sample and field, each ``(B, C)``, of ``(B, *spatial, C)`` frames.
+
+    VRMSE = sqrt(mean (p - t)^2 / (var t + eps)) (1 for predicting the mean); nRMSE = sqrt(mean (p - t)^2 /
+    (mean t^2 + eps)), both over space, as The Well defines them.
+    """
+    dims = tuple(range(1, target.ndim - 1))
+    mse = (prediction.float() - target.float()).pow(2).mean(dims)
+    var = target.float().var(dims, unbiased=False)
+    power = target.float().pow(2).mean(dims)
+    return (mse / (var + _EPS)).sqrt(), (mse / (power + _EPS)).sqrt()
+
+
+class NextFrameTask(Task):
+    """Trains ``model(window, fields)`` (a window of context frames -> the next frame) on field windows.
+
+    Batches (see :mod:`pfm.data.fields`): ``input`` ``(B, T + K, *spatial, F)`` channels last, ``field_mask``
+    ``(B, F)``, ``source`` ``(B,)``. ``fields`` names the F channels and ``num_frames`` is T (both default
+    to the DataModule's ``spec``).
+    Samples with different sets of present fields are run as separate groups, each naming only its own
+    fields, so that the model masks the absent ones instead of seeing zeros.
+
+    Args:
+        normalize: ``sample`` standardises every window per sample and field with the mean and std of its
+            context frames before the model sees it (predictions are mapped back), as the official GPhyT does;
+            ``none`` feeds the values as they come (e.g. already normalised by ``stats.yaml``).
+        integrator, dt: override the model's integrator (``euler`` | ``heun`` | ``rk4``) and step; None keeps
+            the model's.
+        num_train_steps: predict this many frames autoregressively while training (the window slides over
+            the predictions; gradients flow through every step); the batches need as many future frames.
+        num_rollout_steps: validation rollout length (default: every future frame of the batch).
+        error_curve: write ``rollout_error.png`` (nRMSE and VRMSE per rollout step, per source) into the run
+            folder after each validation.
+
+    The loss is the MSE per sample and field divided by that field's context variance, averaged over present
+    fields and predicted steps: every field counts the same whatever its scale. Validation logs VRMSE and
+    nRMSE of the first step overall (``val/vrmse``, ``val/nrmse``), per field (``val/nrmse/<field>``) and per
+    source (``val/nrmse/<source>``); per rollout step (``val/nrmse_step<k>``, beside
+    ``val/persistence_nrmse_step<k>`` of holding the last context frame); and how far rollouts got
+    before the first non-finite value (``val/rollout_steps``; a rollout stops there, cleanly).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: Any,
+        scheduler: Any = None,
+        pde_names: Sequence[str] = (),
+        fields: Sequence[str] = (),
+        num_frames: int | None = None,
+        *,
+        normalize: Literal["sample", "none"] = "sample",
+        integrator: str | None = None,
+        dt: float | None = None,
+        num_train_steps: int = 1,
+        num_rollout_steps: int | None = None,
+        error_curve: bool = True,
+    ) -> None:
+        super().__init__(model, optimizer, scheduler, pde_names)
+        if normalize not in ("sample", "none"):
+            raise ValueError(f"task.normalize={normalize!r}; expected 'sample' or 'none'.")
+        if num_train_steps < 1:
+            raise ValueError(f"task.num_train_steps={num_train_steps}; expected >= 1.")
+        self.fields = tuple(fields)
+        self.num_frames = num_frames
+        self.normalize = normalize
+        self.integrator = integrator
+        self.dt = dt
+        self.num_train_steps = num_train_steps
+        self.num_rollout_steps = num_rollout_steps
+        self.error_curve = error_curve
+        self._curve: dict[str, list[list[float]]] = {}
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    def _field_names(self, num_fields: int) -> tuple[str, ...]:
+        if not self.fields and self._trainer is not None and self.trainer.datamodule is not None:
+            self.fields = tuple(self.trainer.datamodule.spec["fields"])
+        if len(self.fields) != num_fields:
+            raise ValueError(
+                f"The batch has {num_fields} field channels but the task knows fields {list(self.fields)}; "
+                "use a field-window DataModule (data=online_fields, well or mixed)."
+            )
+        return self.fields
+
+    def _context(self, batch: dict[str, torch.Tensor]) -> int:
+        frames = batch["input"]
+        if self.num_frames is None and self._trainer is not None and self.trainer.datamodule is not None:
+            self.num_frames = int(self.trainer.datamodule.spec["num_frames"])
+        num_frames = self.num_frames or getattr(self.model, "num_frames", None) or frames.shape[1] - 1
+        if frames.ndim < 4 or frames.shape[1] <= num_frames:
+            raise ValueError(
+                f"NextFrameTask expects field windows (B, T + K, *spatial, F) with T = {num_frames} context "
+                f"frames and K >= 1 future ones; got shape {tuple(frames.shape)}. Raise data.num_future."
+            )
+        return num_frames
+
+    def _statistics(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std ``(B, 1, ..., 1, F)`` over the context frames and space, per sample and field."""
+        dims = tuple(range(1, context.ndim - 1))
+        mean = context.float().mean(dims, keepdim=True)
+        std = context.float().std(dims, keepdim=True, unbiased=False).clamp_min(_MIN_STD)
+        return mean, std
+
+    def _step(self, window: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        """One model step: ``(B, T, *spatial, C)`` -> ``(B, 1, *spatial, C)``."""
+        if self.integrator is None and self.dt is None:
+            return self.model(window, fields=list(names))
+        return self.model.step(window, fields=list(names), integrator=self.integrator, dt=self.dt)
+
+    def rollout(
+        self, window: torch.Tensor, mask: torch.Tensor, num_steps: int, *, stop_non_finite: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Autoregressive prediction of ``num_steps`` frames from ``window`` ``(B, T, *spatial, F)``.
+
+        Returns predictions ``(B, num_steps, *spatial, F)`` in the window's units (absent fields zero) and
+        the number of finite steps per sample ``(B,)``. With ``stop_non_finite`` a group of samples stops at
+        its first non-finite prediction; later steps are NaN and do not count.
+        """
+        names_all = self._field_names(window.shape[-1])
+        out = window.new_full((window.shape[0], num_steps, *window.shape[2:]), float("nan"))
+        finite = torch.zeros(window.shape[0], dtype=torch.long, device=window.device)
+        patterns, group = torch.unique(mask, dim=0, return_inverse=True)
+        for g, pattern in enumerate(patterns):
+            rows = torch.nonzero(group == g).flatten()
+            cols = torch.nonzero(pattern).flatten()
+            names = [names_all[i] for i in cols.tolist()]
+            x = window[rows][..., cols]
+            if self.normalize == "sample":
+                mean, std = self._statistics(x)
+            else:
+                mean, std = x.new_zeros(()), x.new_ones(())
+            x = ((x - mean) / std).to(window.dtype)
+            for k in range(num_steps):
+                frame = self._step(x, names)
+                if stop_non_finite and not bool(torch.isfinite(frame).all()):
+                    break
+                x = torch.cat((x[:, 1:], frame.to(x.dtype)), dim=1)
+                physical = (frame.float() * std + mean).to(out.dtype)
+                full = out.new_zeros((rows.numel(), *out.shape[2:]))
+                full[..., cols] = physical[:, 0]
+                out[rows, k] = full
+                finite[rows] = k + 1
+        return out, finite
+
+    # ------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Field-normalised MSE of ``num_train_steps`` autoregressive predictions."""
+        frames, mask = batch["input"], batch["field_mask"]
+        t = self._context(batch)
+        k = self.num_train_steps
+        if frames.shape[1] < t + k:
+            raise ValueError(
+                f"task.num_train_steps={k} needs {k} future frames; the batch has {frames.shape[1] - t}. "
+                f"Set data.num_future >= {k}."
+            )
+        predicted, _ = self.rollout(frames[:, :t], mask, k)
+        _, std = self._statistics(frames[:, :t])
+        err = (predicted.float() - frames[:, t : t + k].float()) / std  # (B, K, *spatial, F)
+        per_field = err.pow(2).mean(dim=tuple(range(1, err.ndim - 1)))  # (B, F)
+        weight = mask.float()
+        loss = (per_field * weight).sum() / weight.sum().clamp_min(1)
+        self.check_finite(loss)
+        self.log("train/loss", loss, prog_bar=True, batch_size=frames.shape[0])
+        return loss
+
+    # ----------------------------------------------------------------------------------------- evaluation
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Rollout metrics: VRMSE and nRMSE per step, field and source; finite steps reached."""
+        frames, mask = batch["input"], batch["field_mask"]
+        t = self._context(batch)
+        num_steps = min(self.num_rollout_steps or frames.shape[1] - t, frames.shape[1] - t)
+        predicted, finite = self.rollout(frames[:, :t], mask, num_steps, stop_non_finite=True)
+        b = frames.shape[0]
+        names = self._field_names(frames.shape[-1])
+        source = batch.get("source", torch.zeros(b, dtype=torch.long, device=frames.device))
+        self.log("val/rollout_steps", finite.float().mean(), batch_size=b, sync_dist=True)
+        for step in range(num_steps):
+            alive = finite > step
+            if not bool(alive.any()):
+                break
+            vrmse, nrmse = field_errors(predicted[alive, step], frames[alive, t + step])
+            m = mask[alive].float()
+            count = m.sum().clamp_min(1)
+            self.log(f"val/nrmse_step{step + 1}", (nrmse * m).sum() / count, batch_size=int(alive.sum()))
+            self.log(f"val/vrmse_step{step + 1}", (vrmse * m).sum() / count, batch_size=int(alive.sum()))
+            # the baseline a model must beat: the last context frame held fixed
+            _, still = field_errors(frames[alive, t - 1], frames[alive, t + step])
+            self.log(
+                f"val/persistence_nrmse_step{step + 1}",
+                (still * m).sum() / count,
+                batch_size=int(alive.sum()),
+            )
+            still_sample = (still * m).sum(1) / m.sum(1).clamp_min(1)
+            if step == 0:
+                self.log("val/nrmse", (nrmse * m).sum() / count, prog_bar=True, batch_size=b, sync_dist=True)
+                self.log("val/vrmse", (vrmse * m).sum() / count, batch_size=b, sync_dist=True)
+                for c, name in enumerate(names):
+                    n = int(m[:, c].sum())
+                    if n:
+                        self.log(f"val/nrmse/{name}", (nrmse[:, c] * m[:, c]).sum() / n, batch_size=n)
+                        self.log(f"val/vrmse/{name}", (vrmse[:, c] * m[:, c]).sum() / n, batch_size=n)
+            per_sample = (nrmse * m).sum(1) / m.sum(1).clamp_min(1)
+            per_sample_v = (vrmse * m).sum(1) / m.sum(1).clamp_min(1)
+            src = source[alive]
+            for index, name in enumerate(self.pde_names or ["all"]):
+                sel = src == index if self.pde_names else torch.ones_like(src, dtype=torch.bool)
+                if not bool(sel.any()):
+                    continue
+                n = int(sel.sum())
+                if step == 0:
+                    self.log(f"val/nrmse/{name}", per_sample[sel].mean(), batch_size=n)
+                    self.log(f"val/vrmse/{name}", per_sample_v[sel].mean(), batch_size=n)
+                if step == num_steps - 1:
+                    self.log(f"val/rollout_nrmse/{name}", per_sample[sel].mean(), batch_size=n)
+                curve = self._curve.setdefault(name, [])
+                while len(curve) <= step:
+                    curve.append([0.0, 0.0, 0.0, 0.0])
+                curve[step][0] += float(per_sample[sel].sum())
+                curve[step][1] += float(per_sample_v[sel].sum())
+                curve[step][2] += n
+                curve[step][3] += float(still_sample[sel].sum())
+
+    def on_validation_epoch_start(self) -> None:
+        """Start a new per-step error curve."""
+        self._curve = {}
+
+    def on_validation_epoch_end(self) -> None:
+        """Write ``rollout_error.png`` (rank 0, not during the sanity check)."""
+        trainer = self._trainer
+        if (
+            not self.error_curve
+            or trainer is None
+            or trainer.sanity_checking
+            or not trainer.is_global_zero
+            or not self._curve
+        ):
+            return
+        write_error_curve(self._curve, Path(trainer.default_root_dir) / "rollout_error.png")
+
+    @torch.no_grad()
+    def example_panels(self, batch: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+        """Rollout frames of the first sample's first present field beside the truth (mid-plane in 3D)."""
+        frames, mask = batch["input"][:1], batch["field_mask"][:1]
+        t = self._context(batch)
+        predicted, finite = self.rollout(frames[:, :t], mask, frames.shape[1] - t, stop_non_finite=True)
+        c = int(torch.nonzero(mask[0]).flatten()[0])
+        truth, rollout = frames[0, t:, ..., c], predicted[0, :, ..., c]
+        while truth.ndim > 3:  # 3D: the mid-plane of the last axis
+            truth, rollout = (
+                truth.select(-1, truth.shape[-1] // 2),
+                rollout.select(-1, rollout.shape[-1] // 2),
+            )
+        name = self._field_names(frames.shape[-1])[c]
+        return "rollout.png", {f"truth {name}": truth, f"rollout ({int(finite[0])} finite)": rollout}
+
+
+def write_error_curve(curve: dict[str, list[list[float]]], path: Path) -> None:
+    """Plot mean nRMSE and VRMSE per rollout step for each source and save it atomically as PNG.
+
+    ``curve[source][step]`` holds sums ``[nRMSE, VRMSE, count, persistence nRMSE]`` over samples.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pfm.io import atomic_path
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for name, rows in curve.items():
+        steps = [k + 1 for k, r in enumerate(rows) if r[2] > 0]
+        line = axes[0].plot(steps, [r[0] / r[2] for r in rows if r[2] > 0], marker="o", label=name)[0]
+        axes[0].plot(steps, [r[3] / r[2] for r in rows if r[2] > 0], ls="--", color=line.get_color(), lw=1)
+        axes[1].plot(steps, [r[1] / r[2] for r in rows if r[2] > 0], marker="o", label=name)
+    axes[0].set_title("nRMSE (dashed: last frame held)", fontsize=9)
+    for ax, what in zip(axes, ("nRMSE", "VRMSE"), strict=True):
+        ax.set_xlabel("rollout step")
+        ax.set_ylabel(what)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
