@@ -145,7 +145,12 @@ def _verify(path: Path, spec: FileSpec, revision: str, entry_name: str, *, delet
         raise HashMismatchError(
             f"{spec.filename} ({spec.url}) has sha256 {actual}, but {source} says {expected}; {removed}. "
             f"Run `pfm download {entry_name}` again (a corrupted transfer); if it fails the same way, the file "
-            "changed at its source: check it there, then update sha256 in your registry (pfm registry pin)."
+            "changed at its source: check it there, then "
+            + (
+                "update sha256 in your registry (or `pfm registry pin` after fixing it)."
+                if spec.sha256
+                else f"delete {_hash_record(spec, revision)} to accept the new file, or pin a revision."
+            )
         )
 
 
