@@ -406,3 +406,18 @@ def test_export_warns_when_the_absent_embedding_cannot_be_kept(small) -> None:
         model.absent_embedding.fill_(0.1)
     with pytest.warns(UserWarning, match="zero-fills absent fields"):
         model.to_official_state_dict()
+
+
+def test_lora_on_the_last_block_reaches_the_output(small) -> None:
+    from pfm.heads.lora import add_lora
+
+    model = copy.deepcopy(small[0])
+    x = torch.randn(1, 4, 64, 32, 5)
+    with torch.no_grad():
+        before = model(x)
+    names = add_lora(model.blocks, rank=2)
+    assert "1.attn.qkv" in names and "1.mlp.fc2" in names
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before)  # LoRA starts as the identity update
+        model.blocks[-1].attn.qkv.lora_B.normal_(0, 0.5)  # the last block takes the query-only path
+        assert _rel(model(x), before) > 1e-3

@@ -81,18 +81,14 @@ class SelfAttention(nn.Module):
         """(batch, tokens, dim) -> (batch, tokens, dim); `rope` = (cos, sin) from `axial_rope`, or None.
 
         With `num_queries`, only the last `num_queries` tokens attend (to all tokens) and only they are
-        returned: (batch, num_queries, dim). The saving is the queries' projection, attention and output.
+        returned: (batch, num_queries, dim). The saving is the other queries' attention, output projection and MLP.
         """
         batch, tokens, dim = x.shape
         heads, head_dim = self.num_heads, dim // self.num_heads
-        if num_queries is None:
-            q, k, v = self.qkv(x).view(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-        else:
-            weight, bias = self.qkv.weight, self.qkv.bias
-            q = F.linear(x[:, tokens - num_queries :], weight[:dim], bias[:dim])
-            q = q.view(batch, num_queries, heads, head_dim).transpose(1, 2)
-            kv = F.linear(x, weight[dim:], bias[dim:])
-            k, v = kv.view(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+        # Always through the module (never its .weight): a LoRA wrapper of `qkv` must see every call.
+        q, k, v = self.qkv(x).view(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        if num_queries is not None:
+            q = q[:, :, tokens - num_queries :]
         if rope is not None:
             cos, sin = rope
             k = apply_rope(k, cos, sin)
