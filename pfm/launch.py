@@ -27,6 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pfm.build import CONF_DIR
+from pfm.config_check import check_config
 from pfm.io import atomic_path
 
 __all__ = ["LAUNCH_DIR", "SlurmJob", "add_parser", "compose_run", "render_sbatch", "submit"]
@@ -129,8 +130,13 @@ def compose_run(overrides: list[str], config_dir: Path = CONF_DIR) -> DictConfig
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             cfg = compose("train", overrides=overrides, return_hydra_config=True)
         # resolve now: a broken interpolation fails here, not on the cluster (${hydra:...} needs the node set)
+        with open_dict(cfg):
+            # what Hydra sets when the job starts; loggers' save_dir and the like interpolate it
+            cfg.hydra.runtime.output_dir = str(cfg.hydra.run.dir)
         HydraConfig.instance().set_config(cfg)
         OmegaConf.to_container(_job_part(cfg), resolve=True)
+        # the checks pfm-train runs first (keys, types, ranges); init_from may live only on the cluster
+        check_config(cfg, [key for key in cfg if key not in ("hydra", "init_from")])
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise LaunchError(
             f"the run's config does not compose, so nothing was submitted: {err}\n"

@@ -181,6 +181,8 @@ def test_slurm_environment_of_a_2_node_x_4_task_allocation(monkeypatch: pytest.M
             "LOCAL_RANK",
         ):
             monkeypatch.delenv(key)
+    for key in ("MASTER_ADDR", "MASTER_PORT"):  # Lightning writes them: restore their absence afterwards
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "4242137")
     monkeypatch.setenv("SLURM_JOB_NAME", "pfm-run")
     monkeypatch.setenv("SLURM_NTASKS", "8")
@@ -298,7 +300,7 @@ TORCHRUN = REPO / "launch" / "torchrun" / "train.sh"
 def _torchrun(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(TORCHRUN), *args],
-        env={**os.environ, "DRY_RUN": "1", **env},
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("MASTER_")}, "DRY_RUN": "1", **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -341,3 +343,12 @@ def test_torchrun_recipe_cpu_processes_and_mistakes() -> None:
     assert rank.returncode == 2 and "NODE_RANK=2" in rank.stderr
     resume = _torchrun("resume=null", GPUS_PER_NODE="1")
     assert "resume=null" in resume.stdout and "resume=auto" not in resume.stdout
+
+
+def test_config_checks_run_before_submission(pfm: Any, tmp_path: Path) -> None:
+    """pfm-train's own config checks (ranges, trainer.devices vs strategy.devices) run at submission too."""
+    clash = pfm("launch", "slurm", "strategy=ddp", "trainer.devices=4", "--gpus-per-node", "8", "--dry-run")
+    assert clash.returncode == 2
+    assert "trainer.devices=4 and strategy.devices=8 disagree" in clash.stderr, clash.stderr
+    fine = pfm("launch", "slurm", "model=conv_vae", "logger=csv", "--gpus-per-node", "0", "--dry-run")
+    assert fine.returncode == 0, fine.stderr  # loggers' save_dir interpolates the run folder

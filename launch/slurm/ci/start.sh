@@ -20,6 +20,13 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
 fi
 
 mkdir -p "$state/state" "$state/spool"
+# already up (an earlier start.sh with the same folder): reuse it, and leave stopping it to whoever started it
+if [ -s "$state/slurmctld.pid" ] && kill -0 "$(cat "$state/slurmctld.pid")" 2>/dev/null \
+        && SLURM_CONF="$state/slurm.conf" sinfo -h -o %T 2>/dev/null | grep -q -E '^(idle|mix|alloc)'; then
+    echo "export SLURM_CONF=$state/slurm.conf"
+    exit 0
+fi
+: > "$state/started"  # what this script started, for stop.sh
 host="$(hostname -s)"
 cpus="$(nproc)"
 # ports away from the defaults (6817/6818), so a real cluster on the same machine is not disturbed
@@ -37,12 +44,14 @@ if ! pgrep -x munged >/dev/null; then
         chown munge:munge /etc/munge/munge.key
     fi
     runuser -u munge -- /usr/sbin/munged
+    echo "munged $(pgrep -x munged | head -n 1)" >> "$state/started"
 fi
 munge -n | unmunge >/dev/null
 
 # -c: a clean start (no jobs left from an earlier CI run)
 /usr/sbin/slurmctld -c -f "$SLURM_CONF"
 /usr/sbin/slurmd -f "$SLURM_CONF"
+echo "slurmctld slurmd" >> "$state/started"
 
 for _ in $(seq 1 60); do
     if sinfo -h -o %T 2>/dev/null | grep -q -E '^idle'; then
