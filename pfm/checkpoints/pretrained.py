@@ -267,6 +267,11 @@ def load_pretrained(source: str | Path, revision: str | None = None) -> nn.Modul
         return load_weights(model, path).eval()
     from pfm.checkpoints.registry import get_entry
 
+    if not _NAME.match(str(source)):
+        raise FileNotFoundError(
+            f"{str(source)!r} does not exist and is not a registry name; give a registry name (`pfm list`), "
+            "a `pfm export` folder or a pfm-train checkpoint."
+        )
     entry = get_entry(str(source))
     if entry.status != "supported":
         raise ValueError(
