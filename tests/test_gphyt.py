@@ -421,3 +421,24 @@ def test_lora_on_the_last_block_reaches_the_output(small) -> None:
         torch.testing.assert_close(model(x), before)  # LoRA starts as the identity update
         model.blocks[-1].attn.qkv.lora_B.normal_(0, 0.5)  # the last block takes the query-only path
         assert _rel(model(x), before) > 1e-3
+
+
+def test_constructor_errors_say_what_to_change() -> None:
+    with pytest.raises(
+        ValueError, match=r"size='XS' is not a GPhyT size; expected one of \['S', 'M', 'L', 'XL'\]"
+    ):
+        GPhyT("XS")
+    with pytest.raises(ValueError, match=r"size=None needs explicit \['num_layers'\]"):
+        GPhyT(size=None, hidden_dim=48, mlp_dim=96, num_heads=2)
+    with pytest.raises(ValueError, match=r"expected 3 grid sides and 4 patch entries"):
+        GPhyT(**SMALL, num_spatial_dims=3, grid=(16, 16))
+    with pytest.raises(ValueError, match=r"grid=\[40, 32\] must be positive multiples of patch_size"):
+        GPhyT(**SMALL, grid=(40, 32))
+    with pytest.raises(ValueError, match="positive sizes"):
+        GPhyT(**SMALL, patch_size=(1, 0, 16))
+    with pytest.raises(ValueError, match="not divisible by num_heads=5"):
+        GPhyT(**{**SMALL, "num_heads": 5})
+    with pytest.raises(ValueError, match="one string"):
+        GPhyT(**SMALL, fields="pressure")
+    with pytest.raises(ValueError, match="attention_backend='flash'"):
+        GPhyT(**SMALL, attention_backend="flash")

@@ -230,6 +230,10 @@ class GPhyT(nn.Module):
                 f"expected {num_spatial_dims} grid sides and {num_spatial_dims + 1} patch entries (t, *spatial), "
                 f"e.g. grid={list(_DEFAULT_GRID[num_spatial_dims])} patch_size={list(_DEFAULT_PATCH[num_spatial_dims])}."
             )
+        if min(patch) < 1:
+            raise ValueError(
+                f"patch_size={list(patch)} must hold positive sizes (t, *spatial), e.g. [1, 16, 16]."
+            )
         if (
             num_frames < 1
             or num_frames % patch[0]
