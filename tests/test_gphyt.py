@@ -442,3 +442,27 @@ def test_constructor_errors_say_what_to_change() -> None:
         GPhyT(**SMALL, fields="pressure")
     with pytest.raises(ValueError, match="attention_backend='flash'"):
         GPhyT(**SMALL, attention_backend="flash")
+
+
+def test_3d_model_on_depth_constant_fields_equals_the_2d_model(small) -> None:
+    """A 3D model whose weights spread the 2D ones evenly over one depth patch gives the 2D answer."""
+    m2 = small[0]
+    m3 = GPhyT(**SMALL, num_spatial_dims=3, grid=(16, 64, 32), patch_size=(1, 16, 16, 16)).eval()
+    depth = 16
+    with torch.no_grad():
+        w2 = m2.tokenizer.weight  # (hidden, [x, dt, dh, dw], fields, 1, 16, 16)
+        w3 = torch.randn_like(m3.tokenizer.weight)  # (hidden, [x, dt, dd, dh, dw], fields, 1, 16, 16, 16)
+        for k3, k2 in ((0, 0), (1, 1), (3, 2), (4, 3)):  # d/dd stays random: it sees zeros
+            w3[:, k3] = w2[:, k2].unsqueeze(3).expand_as(w3[:, k3]) / depth
+        m3.tokenizer.weight.copy_(w3)
+        m3.tokenizer.bias.copy_(m2.tokenizer.bias)
+        m3.absent_embedding.copy_(m2.absent_embedding)
+        m3.pos_embedding.copy_(m2.pos_embedding.unsqueeze(2))
+        m3.blocks.load_state_dict(m2.blocks.state_dict())
+        m3.detokenizer.weight.copy_(m2.detokenizer.weight.unsqueeze(3).expand_as(m3.detokenizer.weight))
+        m3.detokenizer.bias.copy_(m2.detokenizer.bias)
+        x2 = torch.randn(2, 3, 64, 32, 5)
+        x3 = x2.unsqueeze(2).expand(2, 3, depth, 64, 32, 5)
+        y3, y2 = m3(x3), m2(x2)
+    assert y3.shape == (2, 1, depth, 64, 32, 5)
+    torch.testing.assert_close(y3, y2.unsqueeze(2).expand_as(y3), rtol=1e-4, atol=1e-5)
