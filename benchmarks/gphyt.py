@@ -11,8 +11,10 @@ frame). pfm loads the same weights through `GPhyT.from_official` (q/k/v folded i
 Memory is the peak resident set size over all calls minus the RSS just before the first one (weights and
 input already allocated). The numerics line compares both outputs for the same weights and input.
 
-GPU mode (`--device cuda --size M --bf16`): GPhyT-M training throughput in a plain loop (AdamW, bf16 autocast,
-SDPA attention; not through pfm-train), samples/s and MFU against the H200's dense bf16 peak of 989 TFLOP/s.
+GPU mode (`--device cuda --size M --bf16`): first GPhyT-S numerics on the GPU (batch 2; fp32 with TF32 off, sdpa
+and xformers when installed, and bf16 autocast, each against the fp32 reference), then GPhyT-M training
+throughput in a plain loop (AdamW, bf16 autocast, SDPA attention; not through pfm-train), samples/s and MFU
+against the H200's dense bf16 peak of 989 TFLOP/s.
 Training FLOPs are counted analytically as 3x the forward matmul FLOPs: per layer 2N(3D^2 + D^2 + 2DM) for
 the projections and MLP plus 4N^2 D for attention scores and values (N tokens, D hidden, M MLP width), plus
 tokenizer 2N(4C * P)D and detokenizer 2(N/T)D(C * P) (P pixels per patch). Element-wise work is not counted.
@@ -177,20 +179,57 @@ def _cpu_worker(
     }
 
 
-def _numerics(size: str, batch: int) -> dict:
-    """Max abs and relative difference of the two models' outputs (fp32, same weights and input)."""
+def _numerics(size: str, batch: int, device: str = "cpu", backends: tuple[str, ...] = ("sdpa",)) -> dict:
+    """Max abs and relative difference of pfm's outputs from the reference's (same weights and input).
+
+    The reference runs in fp32; pfm in fp32 with each attention backend in `backends`, and in bf16 autocast
+    (sdpa) on CUDA. Keys: "<backend>" and "bf16", each {"max_abs", "max_rel"}.
+    """
     import torch
 
-    ref = _reference(size).eval()
     from pfm.models import GPhyT
 
-    ours = GPhyT.from_official(ref.state_dict(), size=size).eval()
+    ref = _reference(size).eval().to(device)
     torch.manual_seed(1)
-    x = torch.randn(batch, FRAMES, *GRID, FIELDS)
+    x = torch.randn(batch, FRAMES, *GRID, FIELDS, device=device)
+    results = {}
     with torch.no_grad():
-        a, b = ours(x), ref(x)
-    diff = (a - b).abs().max().item()
-    return {"max_abs": diff, "max_rel": diff / b.abs().max().item()}
+        b = ref(x)
+        for backend in backends:
+            ours = (
+                GPhyT.from_official(ref.state_dict(), size=size, attention_backend=backend).eval().to(device)
+            )
+            results[backend] = ours(x)
+        if device == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                results["bf16"] = ours(x).float()
+    scale = b.abs().max().item()
+    out = {}
+    for key, a in results.items():
+        diff = (a - b).abs().max().item()
+        out[key] = {"max_abs": diff, "max_rel": diff / scale}
+    return out
+
+
+def _cuda_checks(size: str) -> None:
+    """Numerics on the GPU: fp32 (sdpa, and xformers when installed) and bf16 against the fp32 reference."""
+    import torch
+
+    # fp32 means fp32: TF32 matmuls would add ~1e-3 relative error to both sides
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    backends: tuple[str, ...] = ("sdpa",)
+    try:
+        import xformers.ops  # noqa: F401
+
+        backends += ("xformers",)
+    except ImportError:
+        print("  (xformers not installed: attention_backend=xformers not checked)")
+    for key, n in _numerics(size, 2, "cuda", backends).items():
+        label = f"bf16 autocast ({backends[-1]})" if key == "bf16" else f"fp32 {key}"
+        print(
+            f"  numerics GPhyT-{size} on CUDA, {label}: max |pfm - fp32 reference| = {n['max_abs']:.2e} ({n['max_rel']:.2e} of max |reference|)"
+        )
 
 
 def _train_flops(size: str, batch: int) -> float:
@@ -309,6 +348,8 @@ def main() -> None:
     steps = args.steps or (20 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     if cuda or args.throughput:
+        if cuda:
+            _cuda_checks("S")
         _throughput(args.device, size, batch, steps, warmup, args.bf16, args.attention_backend, args.threads)
         return
 
@@ -347,7 +388,7 @@ def main() -> None:
             f"{r['cpu_ms']:>10.0f} {r['cpu_ms'] / p['cpu_ms']:>6.2f} | {p['peak_mib']:>8.0f} {r['peak_mib']:>8.0f}",
             flush=True,
         )
-    n = _numerics(size, batch)
+    n = _numerics(size, batch)["sdpa"]
     print(
         f"numerics: max |pfm - reference| = {n['max_abs']:.2e} ({n['max_rel']:.2e} of max |reference|), fp32"
     )

@@ -161,11 +161,11 @@ def load_official(model: GPhyT, state_dict: Mapping[str, Any]) -> None:
             f"{list(model.patch_size)}; build the model with patch_size={sd['tokenizer.patch_size'].tolist()}."
         )
     for axis in "thw":
-        stencil = sd[f"derivatives.d{axis}_filter"].flatten(1).float()
+        stencil = sd[f"derivatives.d{axis}_filter"].flatten(1).float().cpu()
         if not torch.equal(stencil, torch.tensor(_STENCIL).expand_as(stencil)):
             raise ValueError(f"derivatives.d{axis}_filter is not the central stencil {list(_STENCIL)}.")
 
-    index = torch.tensor(columns)
+    index = torch.tensor(columns, device=model.tokenizer.weight.device)
     with torch.no_grad():
         tok = sd[_TOKENIZER + "weight"].unflatten(
             1, (4, num_file_fields)
