@@ -279,6 +279,8 @@ def test_gphyt_official_file_loads_by_name(tmp_path, user_registry):
     from pfm.models import GPhyT
 
     source = GPhyT("S").eval()
+    with torch.no_grad():  # the official layout zero-fills absent fields; a random stand-in would not survive
+        source.absent_embedding.zero_()
     # the official file: a nested, DDP/compile-prefixed state dict in a .pth, plus a payload-free optimizer
     official = {f"module._orig_mod.{k}": v for k, v in source.to_official_state_dict().items()}
     torch.save({"model_state_dict": official, "epoch": 3}, tmp_path / "gphyt-S.pth")
