@@ -256,3 +256,24 @@ def test_usr1_checkpoints_requeues_resumes_two_tasks(
         torch.testing.assert_close(
             weights[name], value, rtol=1e-5, atol=1e-6, msg=f"{name}: USR1 at step {stopped}"
         )
+
+
+def test_submitit_sweep_runs_one_job_per_point(slurm: dict[str, str], tmp_path: Path) -> None:
+    """``pfm-train -m hydra/launcher=slurm ...``: two points, two array tasks, two finished runs."""
+    sweep = tmp_path / "sweep"
+    tiny = [a for a in RUN if not a.startswith(("trainer.max_steps", "checkpoint_every"))]
+    cmd = [sys.executable, "-m", "pfm.train", "-m", "hydra/launcher=slurm", *tiny, "trainer.max_steps=2"]
+    cmd += [
+        "checkpoint_every_n_steps=2",
+        "strategy.accelerator=cpu",
+        "resume=auto",
+        "task.optimizer.lr=1e-3,3e-4",
+    ]
+    cmd += [f"hydra.sweep.dir={sweep}", "hydra.launcher.gpus_per_node=0", "hydra.launcher.timeout_min=10"]
+    result = subprocess.run(cmd, env=slurm, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    jobs = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d", p.name))
+    assert len(jobs) == 2, jobs
+    for point, lr in (("0", "0.001"), ("1", "0.0003")):
+        assert f"task.optimizer.lr={lr}" in (sweep / point / ".hydra" / "overrides.yaml").read_text()
+        assert read_checkpoint(sweep / point / "checkpoints" / "last.ckpt")["global_step"] == 2
