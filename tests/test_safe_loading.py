@@ -289,3 +289,18 @@ def test_load_pretrained_runs_no_pickled_code(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"official\.pth.*os\.system"):
         load_pretrained("evil")
     assert not marker.exists()
+
+
+def test_deepspeed_folder_naming_foreign_code_is_refused_before_deepspeed_reads_it(tmp_path):
+    from pfm.checkpoints.export import training_state_dict
+
+    marker = tmp_path / "ran"
+    folder = tmp_path / "step0000002.ckpt"
+    (folder / "checkpoint").mkdir(parents=True)
+    torch.save(
+        {"module": {"w": torch.ones(2)}, "ds_config": {"hook": RunsShell(marker)}},
+        folder / "checkpoint" / "mp_rank_00_model_states.pt",
+    )
+    with pytest.raises(ValueError, match=r"mp_rank_00_model_states\.pt names os\.system.*not unpickled"):
+        training_state_dict(folder)
+    assert not marker.exists()
