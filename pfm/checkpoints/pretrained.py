@@ -209,10 +209,13 @@ def load_weights(model: nn.Module, source: str | Path, revision: str | None = No
 
 def _build(model_cfg: Any, spec: Mapping[str, Any], head_cfg: Any = None) -> nn.Module:
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-    from pfm.build import accepted, build_model
+    from pfm.build import accepted, build_model, head_model_spec
 
-    model = build_model(model_cfg, spec)
+    head_cfg = OmegaConf.create(dict(head_cfg)) if head_cfg else None
+    # built as in training: a head's model_spec (e.g. GPhyT's pretrained field vocabulary) comes first
+    model = build_model(model_cfg, head_model_spec(spec, head_cfg))
     if head_cfg and head_cfg.get("_target_"):
         head = instantiate(head_cfg, _partial_=True)
         model = head(model, **accepted(head.func, spec))
