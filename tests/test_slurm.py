@@ -54,12 +54,20 @@ def _env() -> dict[str, str]:
     return {**env, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
 
 
-def _sinfo_ok(env: dict[str, str]) -> bool:
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and any(s.startswith(("idle", "mix", "alloc")) for s in out.stdout.split())
+def _sinfo_ok(env: dict[str, str], wait: float = 0) -> bool:
+    """True once the node is up (idle, mixed or allocated), trying for ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            out = None
+        if out is not None and out.returncode == 0:
+            if any(s.startswith(("idle", "mix", "alloc")) for s in out.stdout.split()):
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(1)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +93,11 @@ def slurm() -> dict[str, str]:
                 )
                 os.environ["SLURM_CONF"] = str(STATE / "slurm.conf")
                 started = result.returncode == 0
-                if not started or not _sinfo_ok(_env()):
-                    reason = f"launch/slurm/ci/start.sh could not start the cluster:\n{result.stderr[-2000:]}"
+                if not started or not _sinfo_ok(_env(), wait=30):
+                    reason = (
+                        f"launch/slurm/ci/start.sh could not start the cluster (exit {result.returncode}):\n"
+                        f"{(result.stdout + result.stderr)[-2000:]}"
+                    )
     if reason is not None:
         if os.environ.get("PFM_REQUIRE_SLURM") == "1":
             pytest.fail(f"PFM_REQUIRE_SLURM=1 but the SLURM tests cannot run: {reason}")

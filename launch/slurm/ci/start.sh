@@ -37,14 +37,15 @@ mv "$state/slurm.conf.tmp" "$state/slurm.conf"
 export SLURM_CONF="$state/slurm.conf"
 
 # munge: the key comes with the package; its socket dir may not survive a reboot or a fresh container
-if ! pgrep -x munged >/dev/null; then
+if ! munge -n >/dev/null 2>&1; then
     mkdir -p /run/munge && chown munge:munge /run/munge && chmod 0755 /run/munge
     if [ ! -s /etc/munge/munge.key ]; then
         (umask 077; dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null)
         chown munge:munge /etc/munge/munge.key
     fi
     runuser -u munge -- /usr/sbin/munged
-    echo "munged $(pgrep -x munged | head -n 1)" >> "$state/started"
+    sleep 0.5
+    echo "munged $(cat /run/munge/munged.pid 2>/dev/null || pgrep -n -x munged)" >> "$state/started"
 fi
 munge -n | unmunge >/dev/null
 
