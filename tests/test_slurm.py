@@ -59,12 +59,14 @@ def _sinfo_ok(env: dict[str, str], wait: float = 0) -> bool:
     deadline = time.monotonic() + wait
     while True:
         try:
-            out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=20)
+            out = subprocess.run(
+                ["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=20
+            )
         except (OSError, subprocess.TimeoutExpired):
             out = None
-        if out is not None and out.returncode == 0:
-            if any(s.startswith(("idle", "mix", "alloc")) for s in out.stdout.split()):
-                return True
+        states = out.stdout.split() if out is not None and out.returncode == 0 else []
+        if any(s.startswith(("idle", "mix", "alloc")) for s in states):
+            return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(1)
