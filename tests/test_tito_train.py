@@ -252,3 +252,43 @@ def test_free_energy_mae_counts_shared_bins_only() -> None:
     model = torch.tensor([[0.5, inf], [2.0, 3.0]]).numpy()
     mae, coverage = free_energy_mae(ref, model)
     assert mae == pytest.approx(0.25) and coverage == pytest.approx(2 / 3)
+
+
+@pytest.mark.slow
+def test_platito_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pfm-train experiment=platito_demo`, shrunk: checkpoint, metrics, fes.png and evaluation.json."""
+    import json
+
+    from conftest import pfm_train
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "run"
+    result = pfm_train(
+        [
+            "experiment=platito_demo",
+            "logger=csv",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            "trainer.log_every_n_steps=1",
+            "trainer.enable_progress_bar=false",
+            "checkpoint_every_n_steps=2",
+            "data.num_chains=4",
+            "data.batch_size=4",
+            "data.substeps=5",
+            "task.evaluation.num_frames=30",
+            "task.evaluation.num_replicas=4",
+            "task.evaluation.num_model_trajectories=8",
+            "task.evaluation.num_transitions=4",
+            "task.evaluation.steps=2",
+            "+task.evaluation.num_bins=6",
+        ],
+        out,
+        full_error=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    metrics = (out / "csv" / "metrics.csv").read_text()
+    assert "train/loss" in metrics and "val/loss" in metrics and "eval/fes_mae_kcal" in metrics
+    assert (out / "fes.png").stat().st_size > 10_000
+    results = json.loads((out / "evaluation.json").read_text())
+    assert 0.0 <= results["coverage"] <= 1.0 and results["lag_ns"] == 2.0
