@@ -292,3 +292,26 @@ def test_platito_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert (out / "fes.png").stat().st_size > 10_000
     results = json.loads((out / "evaluation.json").read_text())
     assert 0.0 <= results["coverage"] <= 1.0 and results["lag_ns"] == 2.0
+
+
+def test_ranks_draw_their_own_shards_of_the_same_global_batch() -> None:
+    """Two data shards in one process give the same samples as one shard on each of two ranks."""
+    from types import SimpleNamespace
+
+    kwargs = {**SMALL, "num_data_shards": 2, "augment": False}
+    single = ChainDataModule(**kwargs)
+    single.setup()
+    whole = single.next_batch()
+    for rank in (0, 1):
+        dm = ChainDataModule(**kwargs)
+        dm.trainer = SimpleNamespace(
+            global_rank=rank, world_size=2, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+        )
+        dm.setup()
+        part = dm.next_batch()
+        rows = slice(2 * rank, 2 * rank + 2)
+        for i in range(2):
+            n = int(part["mask"][i].sum())
+            assert int(whole["mask"][rows][i].sum()) == n
+            torch.testing.assert_close(part["x_t"][i, :n], whole["x_t"][rows][i, :n])
+            torch.testing.assert_close(part["lag"][i], whole["lag"][rows][i])
