@@ -169,6 +169,24 @@ def test_validation_logs_per_field_and_source() -> None:
     assert logged["val/rollout_steps"] == 3.0
 
 
+def test_3d_windows_train_and_plot_a_mid_plane() -> None:
+    model = tiny_gphyt(
+        fields=("vel_x", "vel_y", "vel_z"), grid=(8, 8, 8), patch_size=(1, 4, 4, 4), num_spatial_dims=3
+    )
+    task = task_for(model, fields=("vel_x", "vel_y", "vel_z"))
+    batch = {
+        "input": torch.randn(2, 5, 8, 8, 8, 3).cumsum(1),
+        "field_mask": torch.ones(2, 3, dtype=torch.bool),
+        "source": torch.zeros(2, dtype=torch.long),
+    }
+    assert torch.isfinite(task.training_step(batch, 0))
+    name, rows = task.example_panels(batch)
+    assert name == "rollout.png"
+    assert [tuple(v.shape) for v in rows.values()] == [(2, 8, 8), (2, 8, 8)]
+    truth = next(iter(rows.values()))
+    torch.testing.assert_close(truth, batch["input"][0, 3:, :, :, 4, 0])
+
+
 # ------------------------------------------------------------------------------------------------- head
 def test_head_adds_fields_freezes_the_body_and_keeps_old_outputs() -> None:
     model = tiny_gphyt()
@@ -245,16 +263,15 @@ def test_demo_then_finetune_on_new_fields_end_to_end(tmp_path: Path) -> None:
             "experiment=gphyt_finetune",
             f"init_from={demo / 'checkpoints' / 'last.ckpt'}",
             "model.size=null",
-            "model.hidden_dim=128",
-            "model.mlp_dim=512",
-            "model.num_heads=4",
-            "model.num_layers=1",
+            "+model.hidden_dim=128",
+            "+model.mlp_dim=512",
+            "+model.num_heads=4",
+            "+model.num_layers=1",
             "model.patch_size=[1,8,8]",
             "head.model_spec.fields=[vorticity,vel_x,vel_y]",
             "head.model_spec.grid=[32,32]",
             "head.lora_rank=2",
             "data.n=32",
-            "data.pdes.gray_scott.length=0.5",
             "data.batch_size=2",
             "data.num_trajectories=1",
             "data.num_val_batches=1",
@@ -273,3 +290,9 @@ def test_demo_then_finetune_on_new_fields_end_to_end(tmp_path: Path) -> None:
     assert "new fields ['species_u', 'species_v']" in out and "parameters trainable" in out
     rows = _metrics(tune / "csv" / "metrics.csv")
     assert any(r.get("val/nrmse/species_v") for r in rows)
+    # the export rebuilds the fine-tuned model (pretrained vocabulary + new fields, LoRA) and loads it strictly
+    from pfm.checkpoints.export import export_checkpoint, load_exported
+
+    model = load_exported(export_checkpoint(tune / "checkpoints" / "last.ckpt", tmp_path / "export"))
+    assert model.fields == ("vorticity", "vel_x", "vel_y", "species_u", "species_v")
+    assert any(isinstance(m, LoRALinear) for m in model.modules())

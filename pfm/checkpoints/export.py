@@ -237,14 +237,15 @@ def load_exported(directory: str | Path, verify: bool = True) -> nn.Module:
     from hydra.utils import instantiate
     from safetensors.torch import load_file
 
-    from pfm.build import accepted, build_model
+    from pfm.build import accepted, build_model, head_model_spec
 
     directory = Path(directory)
     if verify:
         verify_export(directory)
     config = OmegaConf.load(directory / "config.yaml")
     spec = OmegaConf.to_container(config.data_spec)
-    model = build_model(config.model, spec)
+    # built as in training: a head's model_spec (e.g. a pretrained field vocabulary) comes first
+    model = build_model(config.model, head_model_spec(spec, config.get("head")))
     if config.get("head") and config.head.get("_target_"):
         head = instantiate(config.head, _partial_=True)
         model = head(model, **accepted(head.func, spec))
