@@ -401,18 +401,29 @@ class ShardPool:
     def state_dict(self) -> dict[str, object]:
         """Everything needed to continue the stream exactly: frames, coefficients, step and counters.
 
-        ETDRK weights are not saved; they are recomputed from the coefficients on load.
+        ETDRK weights are not saved; they are recomputed from the coefficients on load. Tensors are on the
+        CPU; on a CPU pool they share memory with the pool (use :meth:`snapshot` for a copy).
         """
+        return self._state(lambda t: t.cpu())
+
+    def snapshot(self) -> dict[str, object]:
+        """A copy of :meth:`state_dict` that stays on the pool's device (cheap: no host transfer).
+
+        The pool may advance afterwards without changing the copy; :meth:`load_state_dict` accepts it.
+        """
+        return self._state(lambda t: t.clone())
+
+    def _state(self, copy) -> dict[str, object]:
         return {
             "step": self.step,
             "num_rejected": self.num_rejected,
             "families": [
                 {
                     "name": f.spec.name,
-                    "frames": f.frames.cpu(),
+                    "frames": copy(f.frames),
                     "head": f.head,
-                    "times": f.times.cpu(),
-                    "values": {k: v.cpu() for k, v in f.values.items()},
+                    "times": copy(f.times),
+                    "values": {k: copy(v) for k, v in f.values.items()},
                 }
                 for f in self.families
             ],

@@ -37,16 +37,6 @@ def _gather(obj: Any, world_size: int) -> list[Any]:
     return [torch.load(io.BytesIO(b), weights_only=False) for b in gathered]
 
 
-def _clone(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(v) for v in obj)
-    return obj
-
-
 def _rng_state() -> dict[str, Any]:
     # numpy's state holds an ndarray, which torch.load(weights_only=True) refuses; a tensor it accepts
     state = _collect_rng_states(include_cuda=torch.cuda.is_available())
@@ -100,37 +90,10 @@ class PeriodicCheckpoint(L.Callback):
         self._last_time = time.monotonic()
         self._last_saved_step = -1
         self._pending_rng: list[dict[str, Any]] | None = None
-        self._data_states: dict[int, Any] = {}
-        self._num_generated = 0
-        self._num_consumed = 0
 
-    # --- data-stream state ----------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Restore RNG states on resume, just before the first step."""
         self._restore_rng(trainer)
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Start recording the data-stream state before each batch (before Lightning's first prefetch)."""
-        datamodule = trainer.datamodule
-        if stage != "fit":
-            return
-        if (
-            datamodule is None
-            or not hasattr(datamodule, "next_batch")
-            or not hasattr(datamodule, "state_dict")
-        ):
-            return
-        generate = datamodule.next_batch
-
-        # Lightning fetches batches ahead of the step that uses them, so the stream's state at save time is
-        # already past the next batch; keep the state from before each batch and save the one before the
-        # first batch not yet trained on, so a resumed run draws exactly that batch next.
-        def next_batch() -> Any:
-            self._data_states[self._num_generated] = _clone(datamodule.state_dict())
-            self._num_generated += 1
-            return generate()
-
-        datamodule.next_batch = next_batch
 
     # --- saving -------------------------------------------------------------------------------------------
     def _due(self, trainer: L.Trainer) -> bool:
@@ -147,9 +110,6 @@ class PeriodicCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         """Save when the step count or the clock says so."""
-        self._num_consumed += 1
-        for index in [i for i in self._data_states if i < self._num_consumed]:
-            del self._data_states[index]
         if self._due(trainer):
             self.save(trainer)
 
@@ -200,15 +160,18 @@ class PeriodicCheckpoint(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Add every rank's RNG and data-stream state, and the run description."""
+        """Add every rank's RNG and data-stream state, and the run description.
+
+        The data-stream state is the datamodule's own ``state_dict()``, which must describe the stream just
+        after the last trained batch (``OnlineCropDataModule`` does, batches fetched ahead not counted).
+        """
         world = trainer.world_size
         rng = _gather(_rng_state(), world)
         checkpoint["pfm_rng_states"] = rng
         datamodule = trainer.datamodule
         key = type(datamodule).__qualname__ if datamodule is not None else None
         if datamodule is not None and hasattr(datamodule, "state_dict"):
-            local = self._data_states.get(self._num_consumed)
-            states = _gather(local if local is not None else datamodule.state_dict(), world)
+            states = _gather(datamodule.state_dict(), world)
             if all(isinstance(s, dict) and isinstance(s.get("pools"), dict) for s in states):
                 merged = {"pools": {k: v for s in states for k, v in s["pools"].items()}}
                 checkpoint[key] = {**states[0], **merged}

@@ -6,6 +6,7 @@ consecutive frames with all fields (GPhyT) and ``OnlinePairDataModule`` lagged p
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datagen import FamilySpec, ShardPool
+from pfm.data.prefetch import Prefetcher
 
 __all__ = ["OnlineCropDataModule", "OnlinePairDataModule", "OnlineWindowDataModule"]
 
@@ -32,8 +34,7 @@ class _CropStream(IterableDataset):
         self.module = module
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
-            yield self.module.next_batch()
+        return self.module.stream()
 
 
 class OnlineCropDataModule(L.LightningDataModule):
@@ -43,6 +44,11 @@ class OnlineCropDataModule(L.LightningDataModule):
     one per process) and each process generates only its own shards. Batches are dicts with ``input``
     ``(batch, 1, crop, crop, crop)``, standardized per crop when ``standardize`` is set, and ``pde``
     ``(batch,)``, the index of each crop's family in ``pde_names``.
+
+    With ``prefetch`` (default) the training stream makes the next batch in a background thread (on its own
+    CUDA stream on a GPU; with ``prefetch_threads`` intra-op threads on a CPU) while the current one trains:
+    same samples, same order. :meth:`state_dict` is the state just after the last *trained* batch (batches
+    made ahead do not count), so a run restored from it draws the first untrained batch next.
     """
 
     def __init__(
@@ -65,6 +71,8 @@ class OnlineCropDataModule(L.LightningDataModule):
         num_spatial_dims: int = 3,
         history: int = 1,
         max_abs: float = 1e4,
+        prefetch: bool = True,
+        prefetch_threads: int | None = 1,
     ) -> None:
         super().__init__()
         self.families = _family_specs(pdes)
@@ -92,9 +100,23 @@ class OnlineCropDataModule(L.LightningDataModule):
         self.standardize = standardize
         self.augment = augment
         self.seed = seed
+        self.prefetch = prefetch
+        if prefetch_threads is not None and prefetch_threads < 1:
+            raise ValueError(
+                f"data.prefetch_threads={prefetch_threads}; expected a positive number of generation "
+                "threads, or null for torch's default."
+            )
+        self.prefetch_threads = prefetch_threads
         self.pools: list[ShardPool] = []
         self.generation_seconds = 0.0
         self._pending_state: dict[str, Any] | None = None
+        # The stream's position, counted in batches since set-up or restore: batches made (also those made
+        # ahead) and batches trained. _states[i] is the pools' state before batch i was made.
+        self._num_made = 0
+        self._num_trained = 0
+        self._states: dict[int, tuple[list[dict[str, Any]], Any]] = {}
+        self._prefetcher: Prefetcher | None = None
+        self._stream: Any = None
 
     @property
     def pde_names(self) -> list[str]:
@@ -129,23 +151,134 @@ class OnlineCropDataModule(L.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         _, shards, local = self._layout()
         self.samples_per_shard = self.batch_size // shards
-        self.pools = [
-            ShardPool(
-                self.families,
-                refresh_fraction=self.refresh_fraction,
-                seed=self.seed,
-                shard=s,
-                device=device,
-                **self.pool_kwargs,
-            )
-            for s in local
-        ]
+        self.device = torch.device(device)
+        if self.prefetch and self.device.type == "cuda":
+            # everything the pools allocate lives on the generation stream (see pfm/data/prefetch.py)
+            self._stream = torch.cuda.Stream(self.device)
+        with self._generation_context():
+            self.pools = [
+                ShardPool(
+                    self.families,
+                    refresh_fraction=self.refresh_fraction,
+                    seed=self.seed,
+                    shard=s,
+                    device=device,
+                    **self.pool_kwargs,
+                )
+                for s in local
+            ]
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None
 
+    def _generation_context(self) -> contextlib.AbstractContextManager:
+        if self._stream is None:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.cuda.device(self.device))
+        stack.enter_context(torch.cuda.stream(self._stream))
+        return stack
+
+    # --- the training stream and its position -----------------------------------------------------------
     def next_batch(self) -> dict[str, torch.Tensor]:
-        """Advance the local pools and draw this process's slice of the next global batch."""
+        """Advance the local pools and draw this process's slice of the next global batch (no prefetch).
+
+        The batch counts as trained at once: :meth:`state_dict` then continues after it.
+        """
+        self._close_prefetcher()
+        self._rewind()
+        with self._generation_context():
+            self._record_state()
+            batch = self._make_batch()
+        if self._stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self._stream)
+        self._mark_trained()
+        return batch
+
+    def stream(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The endless training stream, made one batch ahead in the background when ``prefetch`` is set.
+
+        Under a Trainer a batch counts as trained when the Trainer takes it for a training step
+        (:meth:`on_before_batch_transfer`); otherwise when the stream yields it. A new stream restarts just
+        after the last trained batch, so batches made ahead and never trained are made again.
+        """
+        self._close_prefetcher()
+        self._rewind()
+        counted_by_trainer = self.trainer is not None
+        if not self.prefetch:
+            while True:
+                batch = self._make_batch_recorded()
+                if not counted_by_trainer:
+                    self._mark_trained()
+                yield batch
+        prefetcher = Prefetcher(
+            self._make_batch,
+            self.device,
+            num_threads=self.prefetch_threads,
+            before_submit=self._record_state,
+            stream=self._stream,
+        )
+        self._prefetcher = prefetcher
+        try:
+            while True:
+                batch = prefetcher.next()
+                if not counted_by_trainer:
+                    self._mark_trained()
+                yield batch
+        finally:
+            prefetcher.close()
+            if self._prefetcher is prefetcher:
+                self._prefetcher = None
+
+    def _make_batch_recorded(self) -> dict[str, torch.Tensor]:
+        with self._generation_context():
+            self._record_state()
+            batch = self._make_batch()
+        if self._stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self._stream)
+        return batch
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count a training batch as trained when the Trainer takes it for a step (validation ones are not)."""
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            self._mark_trained()
+        return batch
+
+    def _record_state(self) -> None:
+        """Keep the pools' state before the batch about to be made (the pools are idle now)."""
+        snapshots = [pool.snapshot() for pool in self.pools]
+        event = None
+        if self._stream is not None:
+            event = torch.cuda.Event()
+            event.record(self._stream)
+        self._states[self._num_made] = (snapshots, event)
+        self._num_made += 1
+
+    def _mark_trained(self) -> None:
+        self._num_trained = min(self._num_trained + 1, self._num_made)
+        for index in [i for i in self._states if i < self._num_trained]:
+            del self._states[index]
+
+    def _close_prefetcher(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
+    def _rewind(self) -> None:
+        """Put the pools back just after the last trained batch, dropping batches made ahead."""
+        if self._num_made > self._num_trained:
+            snapshots, event = self._states[self._num_trained]
+            if event is not None:
+                event.synchronize()
+            with self._generation_context():
+                for pool, snapshot in zip(self.pools, snapshots, strict=True):
+                    pool.load_state_dict(snapshot)
+        self._states.clear()
+        self._num_made = self._num_trained = 0
+
+    def _make_batch(self) -> dict[str, torch.Tensor]:
+        """Advance the local pools once and draw this process's slice of the next global batch."""
         start = time.perf_counter()
         parts = []
         for pool in self.pools:
@@ -196,8 +329,22 @@ class OnlineCropDataModule(L.LightningDataModule):
         return DataLoader(batches, batch_size=None, num_workers=0)
 
     def state_dict(self) -> dict[str, Any]:
-        """The state of every local pool, so that a resumed run draws exactly the samples it would have."""
-        return {"pools": {pool.shard: pool.state_dict() for pool in self.pools}}
+        """Every local pool's state just after the last trained batch (on the CPU).
+
+        Batches made ahead (by the Trainer's fetcher or the prefetch thread) do not count, so a run restored
+        from this state draws exactly the batch this one would train on next.
+        """
+        entry = self._states.get(self._num_trained)
+        if entry is None:  # nothing made ahead (and nothing in flight): the pools are at that state now
+            with self._generation_context():
+                snapshots = [pool.snapshot() for pool in self.pools]
+            if self._stream is not None:
+                self._stream.synchronize()
+        else:
+            snapshots, event = entry
+            if event is not None:
+                event.synchronize()
+        return {"pools": {pool.shard: _to_cpu(s) for pool, s in zip(self.pools, snapshots, strict=True)}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore pool states (deferred until :meth:`setup` has built the pools)."""
@@ -206,7 +353,14 @@ class OnlineCropDataModule(L.LightningDataModule):
         else:
             self._pending_state = state_dict
 
+    def teardown(self, stage: str) -> None:
+        """Stop the prefetch thread."""
+        self._close_prefetcher()
+
     def _restore(self, state: dict[str, Any]) -> None:
+        self._close_prefetcher()
+        self._states.clear()
+        self._num_made = self._num_trained = 0
         saved = state["pools"]
         for pool in self.pools:
             if pool.shard not in saved:
@@ -214,7 +368,8 @@ class OnlineCropDataModule(L.LightningDataModule):
                     f"The checkpoint has no data state for shard {pool.shard} (it holds {sorted(saved)}); "
                     "resume with the same data.num_data_shards."
                 )
-            pool.load_state_dict(saved[pool.shard])
+            with self._generation_context():
+                pool.load_state_dict(saved[pool.shard])
 
 
 class OnlineWindowDataModule(OnlineCropDataModule):
@@ -291,6 +446,16 @@ class OnlinePairDataModule(OnlineWindowDataModule):
     def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Pairs keep their physical scale (a transfer operator must see it)."""
         return batch
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:

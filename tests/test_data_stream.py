@@ -1,0 +1,155 @@
+"""The online training stream: prefetching keeps samples and order, and state_dict() matches the last trained
+batch (batches fetched ahead by Lightning or made ahead by the prefetch thread do not count)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from pfm.data import OnlineCropDataModule
+from pfm.data.prefetch import Prefetcher
+
+DIFFUSION = {
+    "name": "diffusion",
+    "dt": 0.01,
+    "coefficients": {"diffusivity": [5e-4, 5e-3]},
+    "log_uniform": ["diffusivity"],
+}
+BURGERS = {"name": "burgers", "dt": 0.002, "coefficients": {"diffusivity": [0.04, 0.06]}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small FFTs on a shared 2-core machine: one thread avoids OpenMP contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _module(**kwargs) -> OnlineCropDataModule:
+    base = {
+        "n": 16,
+        "crop": 8,
+        "batch_size": 2,
+        "num_trajectories": 2,
+        "refresh_fraction": 0.3,
+        "seed": 1,
+        "num_val_batches": 1,
+        "val_burn_in_steps": 1,
+    }
+    return OnlineCropDataModule([DIFFUSION, BURGERS], **(base | kwargs))
+
+
+class _Recorder(L.LightningModule):
+    """A one-parameter model that keeps a copy of every batch it trains on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.trained: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_idx):
+        self.trained.append(batch["input"].clone())
+        return (self.weight - batch["input"].mean()) ** 2
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/x", batch["input"].mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit(datamodule: OnlineCropDataModule, steps: int, tmp_path: Path, **trainer_kwargs) -> _Recorder:
+    model = _Recorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        **({"limit_val_batches": 0} | trainer_kwargs),
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return model
+
+
+def test_prefetch_trains_on_the_same_batches_in_the_same_order(tmp_path: Path) -> None:
+    plain = _module(prefetch=False)
+    plain.setup()
+    expected = [plain.next_batch()["input"] for _ in range(4)]
+    for prefetch in (True, False):
+        trained = _fit(_module(prefetch=prefetch), 4, tmp_path).trained
+        assert len(trained) == 4
+        for got, want in zip(trained, expected, strict=True):
+            assert torch.equal(got, want), f"prefetch={prefetch}: a batch differs from the plain stream"
+
+
+@pytest.mark.parametrize(
+    ("prefetch", "trainer_kwargs"),
+    [(True, {}), (False, {}), (True, {"limit_val_batches": 1, "val_check_interval": 2})],
+    ids=["prefetch", "no-prefetch", "prefetch+validation"],
+)
+def test_state_dict_matches_the_last_trained_batch(tmp_path: Path, prefetch: bool, trainer_kwargs) -> None:
+    k = 3
+    reference = _fit(_module(prefetch=prefetch), k + 2, tmp_path, **trainer_kwargs).trained
+    datamodule = _module(prefetch=prefetch)
+    model = _fit(datamodule, k, tmp_path, **trainer_kwargs)
+    for got, want in zip(model.trained, reference, strict=False):
+        assert torch.equal(got, want)
+    state = datamodule.state_dict()
+    assert all(pool["step"] == k for pool in state["pools"].values()), "the state counts batches made ahead"
+    fresh = _module(prefetch=prefetch)
+    fresh.setup()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.next_batch()["input"], reference[k]), "restored stream skips or repeats a batch"
+    assert torch.equal(fresh.next_batch()["input"], reference[k + 1])
+
+
+def test_a_new_stream_continues_after_the_last_trained_batch() -> None:
+    plain = _module(prefetch=False)
+    plain.setup()
+    expected = [plain.next_batch()["input"] for _ in range(5)]
+    datamodule = _module(prefetch=True)
+    datamodule.setup()
+    first = iter(datamodule.train_dataloader())
+    got = [next(first)["input"] for _ in range(2)]  # the thread has made batch 2 already
+    second = iter(datamodule.train_dataloader())
+    got += [next(second)["input"] for _ in range(3)]
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_prefetch_thread_keeps_the_training_threads_and_reraises_errors() -> None:
+    before = torch.get_num_threads()
+    seen = []
+
+    def produce() -> int:
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        if len(seen) == 2:
+            raise RuntimeError("pool blew up")
+        return len(seen)
+
+    prefetcher = Prefetcher(produce, torch.device("cpu"), num_threads=1)
+    torch.set_num_threads(2)
+    try:
+        assert prefetcher.next() == 1
+        with pytest.raises(RuntimeError, match="pool blew up"):
+            prefetcher.next()
+        assert torch.get_num_threads() == 2, "the generation thread changed the training thread's setting"
+    finally:
+        prefetcher.close()
+        torch.set_num_threads(before)
+    assert seen[0][0].startswith("pfm-prefetch") and seen[0][1] == 1
+
+
+def test_bad_prefetch_threads_is_named() -> None:
+    with pytest.raises(ValueError, match=r"data\.prefetch_threads=0"):
+        _module(prefetch_threads=0)
