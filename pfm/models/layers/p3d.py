@@ -143,8 +143,12 @@ class WindowAttention(nn.Module):
         self.pos_emb_funct = RelativePositionBias(window_size, num_heads)
         self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(num_heads, 1, 1)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(windows, tokens, dim) -> (windows, tokens, dim)."""
+    def forward(self, x: torch.Tensor, padded: torch.Tensor | None = None) -> torch.Tensor:
+        """(windows, tokens, dim) -> (windows, tokens, dim).
+
+        `padded` (windows, tokens), if given, marks zero-padding tokens: they are attended to as keys as in
+        the official model, but pass no gradient through their keys (see `WindowStage`).
+        """
         num_windows, num_tokens, dim = x.shape
         qkv = self.qkv(x).reshape(num_windows, num_tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -152,6 +156,12 @@ class WindowAttention(nn.Module):
         # folded into q so that every backend can take a plain float scale of 1.
         temperature = torch.clamp(self.logit_scale, max=_MAX_LOGIT_SCALE).exp()
         q = F.normalize(q, dim=-1) * temperature
+        if padded is not None:
+            # A padding token's key is qkv(norm1.bias): zero at initialisation and tiny early in training,
+            # where normalising has a Jacobian of 1/|k| (1e12 at k = 0). Through these keys the gradient
+            # norm reached 1e10 on the second step, and clipping then left every other weight without an
+            # update (Tadpole-S "stuck at the mean" at 32^3 crops). Same values, no gradient through them.
+            k = torch.where(padded[:, None, :, None], k.detach(), k)
         k = F.normalize(k, dim=-1)
         bias = self.pos_emb_funct().to(q.dtype)
         out = attention(q, k, v, bias=bias, scale=1.0, backend=self.attention_backend)
@@ -188,9 +198,9 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(windows, tokens, dim) -> (windows, tokens, dim)."""
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, padded: torch.Tensor | None = None) -> torch.Tensor:
+        """(windows, tokens, dim) -> (windows, tokens, dim); `padded` (windows, tokens) marks padding tokens."""
+        x = x + self.attn(self.norm1(x), padded)
         return x + self.mlp(self.norm2(x))
 
 
@@ -245,10 +255,13 @@ class WindowStage(nn.Module):
             x = _window_reverse(windows, w, n, sx, sy, sz)
         else:
             px, py, pz = (s + p for s, p in zip((sx, sy, sz), pads, strict=True))
+            real = torch.zeros(1, px, py, pz, 1, dtype=torch.bool, device=x.device)
+            real[:, :sx, :sy, :sz] = True
+            is_padding = ~_window_partition(real, w)[..., 0].repeat(n, 1)  # (windows, tokens)
             for block in self.blocks:
                 # Re-pad with zeros before every block: the padded voxels must be zeros, not block outputs.
                 padded = F.pad(x, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
-                windows = block(_window_partition(padded, w))
+                windows = block(_window_partition(padded, w), is_padding)
                 x = _window_reverse(windows, w, n, px, py, pz)[:, :sx, :sy, :sz]
         return x.permute(0, 4, 1, 2, 3).contiguous()
 
