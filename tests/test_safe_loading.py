@@ -126,6 +126,14 @@ def test_flat_tensor_dict_at_top_level(tmp_path):
     torch.testing.assert_close(state["encoder.weight"], weights["encoder.weight"])
 
 
+def test_legacy_non_zip_format(tmp_path):
+    marker = tmp_path / "ran"
+    obj = {"state_dict": {"w": torch.arange(4.0)}, "extra": RunsShell(marker)}
+    torch.save(obj, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    torch.testing.assert_close(load_state_dict(tmp_path / "old.pt")["w"], torch.arange(4.0))
+    assert not marker.exists()
+
+
 def test_other_key(tmp_path):
     torch.save({"model": {"a": torch.zeros(1)}, "optimizer": {}}, tmp_path / "x.pt")
     assert set(load_state_dict(tmp_path / "x.pt", key="model")) == {"a"}

@@ -17,6 +17,7 @@ import _compat_pickle
 import collections
 import pickle
 import types
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,14 @@ def safe_load(path: str | Path, map_location: Any = "cpu") -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist; give the path of a .ckpt/.pth/.pt file.")
     try:
-        return torch.load(path, map_location=map_location, pickle_module=_PICKLE_MODULE, weights_only=False)
+        # zip checkpoints are memory-mapped: a multi-GB official file is not read into memory twice
+        return torch.load(
+            path,
+            map_location=map_location,
+            pickle_module=_PICKLE_MODULE,
+            weights_only=False,
+            mmap=zipfile.is_zipfile(path),
+        )
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
         raise ValueError(
             f"{path} could not be read as a torch checkpoint without executing code ({type(err).__name__}: "
