@@ -270,3 +270,102 @@ def test_official_ckpt_loads_weights_and_runs_no_pickled_code(tmp_path):
     assert all(
         torch.equal(v, loaded.to_official_state_dict()[k]) for k, v in model.to_official_state_dict().items()
     )
+
+
+# ------------------------------------------------------------------------------------------------ pfm sample
+
+
+def test_pdb_round_trip(tmp_path):
+    from pfm.sample import read_ca_pdb, write_ca_pdb
+
+    frames = torch.randn(2, 6, 3)
+    write_ca_pdb(tmp_path / "t.pdb", frames, "ACDKWY")
+    text = (tmp_path / "t.pdb").read_text()
+    assert text.count("MODEL") == 2 and text.count(" CA ") == 12
+    coords, seq = read_ca_pdb(tmp_path / "t.pdb")  # first model only
+    assert seq == "ACDKWY"
+    torch.testing.assert_close(coords, frames[0], atol=1e-4, rtol=0)
+
+
+def test_pfm_sample_from_an_official_ckpt_runs_no_pickled_code(tmp_path):
+    from pfm.cli import main
+    from pfm.sample import read_ca_pdb, write_ca_pdb
+
+    marker = tmp_path / "ran"
+    model = tiny("platito")
+    ckpt = write_official_ckpt(tmp_path / "platito.ckpt", model, marker)
+    seq = "MKVLAEGWTY"
+    start = torch.randn(len(seq), 3).cumsum(0) * 0.38
+    write_ca_pdb(tmp_path / "start.pdb", start[None], seq)
+    torch.save(
+        {"dom1": torch.randn(len(seq), model.plm_dim)}, tmp_path / "emb.pt"
+    )  # the official table format
+    args = [
+        "sample",
+        str(ckpt),
+        "--pdb",
+        str(tmp_path / "start.pdb"),
+        "--embeddings",
+        str(tmp_path / "emb.pt"),
+    ]
+    args += ["--steps", "2", "--flow-steps", "2", "--trajectories", "3", "--pdb-trajectories", "2"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert not marker.exists()
+    rec = torch.load(tmp_path / "out" / "trajectories.pt", weights_only=True)
+    coords = rec["coords"]
+    assert coords.shape == (3, 3, len(seq), 3) and rec["sequence"] == seq
+    x0, _ = read_ca_pdb(tmp_path / "start.pdb")
+    torch.testing.assert_close(coords[:, 0], (x0 - x0.mean(0))[None].expand(3, -1, -1))
+    assert torch.isfinite(coords).all() and rel(coords[0, 2], coords[1, 2]) > 1e-3  # trajectories differ
+    assert coords[:, 1:].sum(dim=2).abs().max() < 1e-4  # zero centre of mass
+    assert (tmp_path / "out" / "trajectory_1.pdb").read_text().count("MODEL") == 3
+    assert not (tmp_path / "out" / "trajectory_2.pdb").exists()
+    # same seed, same trajectories
+    assert main([*args, "--out", str(tmp_path / "again")]) == 0
+    assert torch.equal(
+        torch.load(tmp_path / "again" / "trajectories.pt", weights_only=True)["coords"], coords
+    )
+
+
+def test_pfm_sample_tito_and_pfm_checkpoints(tmp_path):
+    from pfm.cli import main
+    from pfm.sample import load_tito, write_ca_pdb
+
+    model = tiny("tito")
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in model.to_official_state_dict().items()}},
+        tmp_path / "t.ckpt",
+    )
+    loaded, official = load_tito(tmp_path / "t.ckpt")
+    assert not official and loaded.is_tito
+    assert all(
+        torch.equal(v, loaded.to_official_state_dict()[k]) for k, v in model.to_official_state_dict().items()
+    )
+    write_ca_pdb(tmp_path / "s.pdb", torch.randn(1, 7, 3), "ACDEFGH")
+    args = [
+        "sample",
+        str(tmp_path / "t.ckpt"),
+        "--pdb",
+        str(tmp_path / "s.pdb"),
+        "--steps",
+        "1",
+        "--flow-steps",
+        "1",
+    ]
+    assert main([*args, "--trajectories", "2", "--out", str(tmp_path / "o")]) == 0
+    assert torch.load(tmp_path / "o" / "trajectories.pt", weights_only=True)["coords"].shape == (2, 2, 7, 3)
+
+
+def test_pfm_sample_names_a_wrong_embedding_width(tmp_path):
+    from pfm.cli import main
+    from pfm.sample import write_ca_pdb
+
+    ckpt = tmp_path / "p.ckpt"
+    torch.save({"state_dict": tiny("platito").to_official_state_dict()}, ckpt)
+    write_ca_pdb(tmp_path / "s.pdb", torch.randn(1, 5, 3), "ACDEF")
+    torch.save({"x": torch.randn(5, 960)}, tmp_path / "e.pt")
+    args = ["sample", str(ckpt), "--pdb", str(tmp_path / "s.pdb"), "--embeddings", str(tmp_path / "e.pt")]
+    with pytest.raises(ValueError, match="960 wide; the model reads 12"):
+        main([*args, "--steps", "1", "--out", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="pass --embeddings"):
+        main([*args[:4], "--steps", "1", "--out", str(tmp_path / "o")])

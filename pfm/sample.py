@@ -1,0 +1,209 @@
+"""`pfm sample`: roll out TITO/PLaTITO trajectories from a start structure (official or pfm checkpoints).
+
+    pfm sample CKPT --pdb START.pdb --embeddings TABLE --lag 1 --steps 1000 --trajectories 100 --out DIR
+
+CKPT is an official Lightning checkpoint (`pantoniadis/platito` *.ckpt, read without running pickled code),
+a pfm training checkpoint (the task holds the network as `model`), or a `pfm export` folder. The start
+structure's C-alpha atoms (first model, Angstrom) give the coordinates (nm) and the sequence; PLaTITO reads the
+sequence's per-residue embeddings from TABLE (`pfm embed` tables or the official `.pt` dict), TITO the
+amino-acid identity. Writes DIR/trajectories.pt ({"coords": (trajectories, steps + 1, L, 3) nm, ...}) and
+DIR/trajectory_<i>.pdb (multi-model C-alpha PDB) for the first `--pdb-trajectories` trajectories.
+
+Public names: `add_parser`, `read_ca_pdb`, `write_ca_pdb`, `load_tito`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pfm.io import atomic_path
+
+__all__ = ["OFFICIAL_RESIDUE_IDS", "add_parser", "load_tito", "read_ca_pdb", "write_ca_pdb"]
+
+THREE_TO_ONE = {
+    "ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E", "GLY": "G",
+    "HIS": "H", "HSD": "H", "HSE": "H", "HSP": "H", "HID": "H", "HIE": "H", "ILE": "I", "LEU": "L",
+    "LYS": "K", "MET": "M", "PHE": "F", "PRO": "P", "SER": "S", "THR": "T", "TRP": "W", "TYR": "Y",
+    "VAL": "V", "SEC": "U", "PYL": "O", "UNK": "X",
+}  # fmt: skip
+ONE_TO_THREE = {v: k for k, v in reversed(THREE_TO_ONE.items())}
+# The official PLaTITO vocabulary (TITO's residue embedding rows); pfm-trained TITO uses pfm.embeddings'.
+OFFICIAL_RESIDUE_IDS = {a: i for i, a in enumerate("ACDEFGHIKLMNOPQRSTUVWYX")}
+
+
+def read_ca_pdb(path: str | Path) -> tuple[torch.Tensor, str]:
+    """C-alpha coordinates (L, 3) in nm and the one-letter sequence of the first model of a PDB file."""
+    coords, seq, seen = [], [], set()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"start structure {path} does not exist; pass --pdb with a PDB file.")
+    for line in path.read_text().splitlines():
+        if line.startswith("ENDMDL"):
+            break
+        if not line.startswith(("ATOM", "HETATM")) or line[12:16].strip() != "CA":
+            continue
+        res = (line[21], line[22:27])  # chain, residue number + insertion code
+        if res in seen or line[16] not in " A":  # one CA per residue; first alternate location only
+            continue
+        seen.add(res)
+        name = line[17:20].strip()
+        if name not in THREE_TO_ONE:
+            raise ValueError(f"{path}: residue {name} {res[1].strip()} is not an amino acid pfm knows.")
+        seq.append(THREE_TO_ONE[name])
+        coords.append([float(line[30:38]), float(line[38:46]), float(line[46:54])])
+    if not coords:
+        raise ValueError(f"{path} has no C-alpha (ATOM ... CA) records; expected a protein PDB file.")
+    return torch.tensor(coords, dtype=torch.float32) / 10.0, "".join(seq)
+
+
+def write_ca_pdb(path: str | Path, frames: torch.Tensor, sequence: str) -> Path:
+    """Write frames (T, L, 3) nm as a multi-model C-alpha PDB (Angstrom), atomically."""
+    lines = []
+    for t, frame in enumerate(frames.detach().cpu().double() * 10.0):
+        lines.append(f"MODEL     {t + 1:4d}")
+        for i, (xyz, aa) in enumerate(zip(frame.tolist(), sequence, strict=True)):
+            x, y, z = xyz
+            lines.append(
+                f"ATOM  {i + 1:5d}  CA  {ONE_TO_THREE.get(aa, 'UNK')} A{i + 1:4d}    "
+                f"{x:8.3f}{y:8.3f}{z:8.3f}  1.00  0.00           C"
+            )
+        lines.append("ENDMDL")
+    lines.append("END")
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return Path(path)
+
+
+def load_tito(source: str | Path) -> tuple[Any, bool]:
+    """(PLaTITO model, official?) from an official .ckpt, a pfm training checkpoint or a `pfm export` folder."""
+    from pfm.models.tito import PLaTITO
+
+    source = Path(source)
+    if source.is_dir():
+        from pfm.checkpoints import load_exported
+
+        model = load_exported(source)
+        model = getattr(model, "model", model)
+        if not isinstance(model, PLaTITO):
+            raise ValueError(f"{source} holds a {type(model).__name__}, not a TITO/PLaTITO model.")
+        return model.eval(), False
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {source} does not exist; pass an official .ckpt, a pfm .ckpt or folder."
+        )
+    from pfm.checkpoints.safe import load_state_dict
+
+    sd = load_state_dict(source)  # tensors only: no pickled code runs
+    prefixes = {k[: k.index("velocity_net.")] for k in sd if "velocity_net." in k}
+    if not prefixes:
+        raise ValueError(f"{source} has no 'velocity_net.*' weights; it is not a TITO/PLaTITO checkpoint.")
+    prefix = min(prefixes, key=len)  # "" for official files, "model." for pfm task checkpoints
+    sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    # pfm's PLaTITO keeps the official names, so the widths of either kind are read off the shapes
+    return PLaTITO.from_official(sd).eval(), prefix == ""
+
+
+def _sequence_inputs(model: Any, sequence: str, args: argparse.Namespace, official: bool) -> dict[str, Any]:
+    if model.is_tito:
+        if official:
+            return {"residue_ids": torch.tensor([OFFICIAL_RESIDUE_IDS.get(a, 22) for a in sequence])}
+        from pfm.embeddings import residue_ids
+
+        return {"residue_ids": residue_ids(sequence)}
+    if args.embeddings is None:
+        raise ValueError(
+            f"this PLaTITO reads {model.plm_dim}-wide pLM embeddings: pass --embeddings TABLE (`pfm embed` table or "
+            "the official .pt dict)."
+        )
+    from pfm.embeddings import EmbeddingTable
+
+    table = EmbeddingTable(args.embeddings)
+    name = args.name or (table.keys[0] if len(table) == 1 else None)
+    emb = table.for_sequence(sequence, name)
+    if emb.shape[-1] != model.plm_dim:
+        raise ValueError(
+            f"embeddings in {args.embeddings} are {emb.shape[-1]} wide; the model reads {model.plm_dim} "
+            "(PLaTITO-3M: ESM C 300M layer 20, 960; 19M/36M: ESM C 6B, 2560). Use the matching table."
+        )
+    return {"sequence_emb": emb.float()}
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.steps < 1 or args.trajectories < 1 or args.flow_steps < 1 or args.lag <= 0:
+        raise ValueError(
+            f"--steps {args.steps}, --trajectories {args.trajectories}, --flow-steps {args.flow_steps} must be "
+            f">= 1 and --lag {args.lag} > 0 (ns)."
+        )
+    from pfm.models.tito import mask_and_zero_com
+
+    device = torch.device(args.device)
+    model, official = load_tito(args.checkpoint)
+    model = model.to(device)
+    x0, sequence = read_ca_pdb(args.pdb)
+    inputs = _sequence_inputs(model, sequence, args, official)
+    b, n = args.trajectories, len(sequence)
+    kw = {k: v.to(device)[None].expand(b, *v.shape) for k, v in inputs.items()}
+    mask = torch.ones(b, n, dtype=torch.bool, device=device)
+    lag = torch.full((b,), float(args.lag), device=device)
+    temp = torch.full((b,), float(args.temperature), device=device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    x = x0.to(device)[None].expand(b, n, 3)
+    try:
+        from tqdm import tqdm
+
+        steps = tqdm(range(args.steps), desc="transitions", unit="step")
+    except ImportError:  # progress bar is optional
+        steps = range(args.steps)
+    with torch.no_grad():
+        frames = [mask_and_zero_com(x, mask)]
+        for _ in steps:
+            nxt = model.sample(frames[-1], mask, lag, temp, steps=args.flow_steps, generator=gen, **kw)
+            if not torch.isfinite(nxt).all():
+                raise FloatingPointError(
+                    f"transition {len(frames)} produced non-finite coordinates; stopping."
+                )
+            frames.append(nxt)
+    coords = torch.stack(frames, dim=1).cpu()  # (trajectories, steps + 1, L, 3)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "coords": coords,
+        "sequence": sequence,
+        "lag_ns": float(args.lag),
+        "temperature_K": float(args.temperature),
+        "flow_steps": args.flow_steps,
+        "seed": args.seed,
+        "checkpoint": str(args.checkpoint),
+        "units": "nm",
+    }
+    with atomic_path(out / "trajectories.pt") as tmp:
+        torch.save(record, tmp)
+    print(out / "trajectories.pt", tuple(coords.shape))
+    for i in range(min(args.pdb_trajectories, b)):
+        print(write_ca_pdb(out / f"trajectory_{i}.pdb", coords[i], sequence))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `pfm sample`."""
+    p = sub.add_parser("sample", help="roll out TITO/PLaTITO trajectories from a start structure")
+    p.add_argument("checkpoint", help="official .ckpt, pfm training .ckpt, or `pfm export` folder")
+    p.add_argument("--pdb", required=True, help="start structure (its C-alpha atoms and sequence)")
+    p.add_argument("--embeddings", help="per-residue pLM table (`pfm embed` .safetensors or official .pt)")
+    p.add_argument("--name", help="entry name in an official .pt table (default: the only entry)")
+    p.add_argument("--lag", type=float, default=1.0, help="lag per transition, ns")
+    p.add_argument("--temperature", type=float, default=300.0, help="K")
+    p.add_argument("--steps", type=int, default=1000, help="transitions per trajectory")
+    p.add_argument("--flow-steps", type=int, default=50, help="Euler steps per transition")
+    p.add_argument("--trajectories", type=int, default=100, help="trajectories, all sampled as one batch")
+    p.add_argument(
+        "--pdb-trajectories", type=int, default=1, help="how many trajectories to also write as PDB"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_run)
