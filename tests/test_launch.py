@@ -352,3 +352,22 @@ def test_config_checks_run_before_submission(pfm: Any, tmp_path: Path) -> None:
     assert "trainer.devices=4 and strategy.devices=8 disagree" in clash.stderr, clash.stderr
     fine = pfm("launch", "slurm", "model=conv_vae", "logger=csv", "--gpus-per-node", "0", "--dry-run")
     assert fine.returncode == 0, fine.stderr  # loggers' save_dir interpolates the run folder
+
+
+def test_handlers_are_restored_only_where_still_ours() -> None:
+    """Lightning restores its originals before callbacks' teardown; uninstall must not undo that."""
+    before = signal.getsignal(signal.SIGUSR2)
+    term_before = signal.getsignal(signal.SIGTERM)
+    callback = Preemption(signals=["SIGUSR2", "SIGTERM"], requeue_on=["SIGUSR2"])
+    try:
+        callback.install()
+        assert signal.getsignal(signal.SIGUSR2) == callback._handle
+        os.kill(os.getpid(), signal.SIGUSR2)  # the handler only records it
+        assert callback.received == [signal.SIGUSR2]
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as Lightning's own teardown does
+        callback.uninstall()
+        assert signal.getsignal(signal.SIGUSR2) == before
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "someone else's later choice stands"
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+        signal.signal(signal.SIGTERM, term_before)

@@ -107,11 +107,17 @@ class Preemption(L.Callback):
             signal.signal(sig, self._handle)
 
     def uninstall(self) -> None:
-        """Restore the handlers that were there before :meth:`install`."""
+        """Restore the handlers that were there before :meth:`install`, where ours is still installed.
+
+        Lightning's teardown restores its own originals before callbacks' ``teardown`` runs; putting its
+        SIGTERM handler back after that would leave it active after the fit, and it runs a collective
+        (``dist.broadcast``), which hangs a rank that gets the requeue's SIGTERM until SLURM kills it.
+        """
         if threading.current_thread() is not threading.main_thread():
             return
         for sig, previous in self._previous.items():
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+            if signal.getsignal(sig) == self._handle:
+                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
