@@ -371,3 +371,47 @@ def test_handlers_are_restored_only_where_still_ours() -> None:
     finally:
         signal.signal(signal.SIGUSR2, before)
         signal.signal(signal.SIGTERM, term_before)
+
+
+@pytest.mark.slow
+def test_sigterm_outside_slurm_checkpoints_and_stops_without_requeue(tmp_path: Path) -> None:
+    """A real pfm-train process: SIGTERM after the first checkpoint -> checkpoint at the next step, exit 0."""
+    import time
+
+    from pfm.checkpoints import read_checkpoint
+
+    run = tmp_path / "run"
+    steps = 500  # far more than it can reach before the signal lands
+    cmd = [
+        sys.executable,
+        "-m",
+        "pfm.train",
+        "model=conv_vae",
+        "data.n=16",
+        "data.crop=16",
+        "data.batch_size=2",
+    ]
+    cmd += ["data.num_trajectories=2", "data.num_val_batches=1", f"trainer.max_steps={steps}", "plots=false"]
+    cmd += [
+        "trainer.val_check_interval=100",
+        "trainer.enable_progress_bar=false",
+        "checkpoint_every_n_steps=2",
+    ]
+    cmd += ["logger=csv", f"hydra.run.dir={run}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env={**env, "WANDB_MODE": "offline"}, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 600
+    while not (run / "checkpoints" / "step0000002.ckpt").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 600 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    log = (run / "train.log").read_text()
+    assert "Preemption: SIGTERM received; stopping at step" in log, log[-3000:]
+    assert "requeueing" not in log, "SIGTERM does not requeue by default"
+    last = read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert 2 <= last < steps
+    assert f"stopping at step {last} " in log
