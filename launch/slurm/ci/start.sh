@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start a one-node SLURM cluster on this machine for pfm's tests: munged, slurmctld, slurmd.
 # Usage: launch/slurm/ci/start.sh [STATE_DIR]   (default /tmp/pfm-slurm; needs root, as CI has)
-# Writes STATE_DIR/slurm.conf from slurm.conf.in for this host and prints `export SLURM_CONF=...`.
+# Writes STATE_DIR/slurm.conf from slurm.conf.in for this host and prints `export SLURM_CONF=...
+# PFM_SLURM_STARTED=1` (0 when a cluster started from STATE_DIR was already up: it is reused, not restarted).
 # Installs Debian's slurm-wlm and munge first if they are missing (PFM_SLURM_INSTALL=0 to forbid that).
 # Exits non-zero, with the daemons' log tails, if the cluster does not answer `srun hostname` in time.
 set -euo pipefail
@@ -23,7 +24,7 @@ mkdir -p "$state/state" "$state/spool"
 # already up (an earlier start.sh with the same folder): reuse it, and leave stopping it to whoever started it
 if [ -s "$state/slurmctld.pid" ] && kill -0 "$(cat "$state/slurmctld.pid")" 2>/dev/null \
         && SLURM_CONF="$state/slurm.conf" sinfo -h -o %T 2>/dev/null | grep -q -E '^(idle|mix|alloc)'; then
-    echo "export SLURM_CONF=$state/slurm.conf"
+    echo "export SLURM_CONF=$state/slurm.conf PFM_SLURM_STARTED=0"
     exit 0
 fi
 : > "$state/started"  # what this script started, for stop.sh
@@ -57,7 +58,7 @@ echo "slurmctld slurmd" >> "$state/started"
 for _ in $(seq 1 60); do
     if sinfo -h -o %T 2>/dev/null | grep -q -E '^idle'; then
         if timeout 30 srun -N1 -n1 hostname >/dev/null 2>&1; then
-            echo "export SLURM_CONF=$SLURM_CONF"
+            echo "export SLURM_CONF=$SLURM_CONF PFM_SLURM_STARTED=1"
             exit 0
         fi
     fi
