@@ -415,3 +415,25 @@ def test_sigterm_outside_slurm_checkpoints_and_stops_without_requeue(tmp_path: P
     last = read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
     assert 2 <= last < steps
     assert f"stopping at step {last} " in log
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("/images/pfm.sif", "srun --kill-on-bad-exit=1 apptainer exec --nv --bind"),
+        (
+            "nvcr.io#nvidia/pytorch:24.05-py3",
+            "srun --kill-on-bad-exit=1 --container-image=nvcr.io#nvidia/pytorch",
+        ),
+    ],
+)
+def test_container_images(pfm: Any, tmp_path: Path, image: str, expected: str) -> None:
+    result = pfm(
+        "launch", "slurm", "model=conv_vae", "strategy=ddp", f"hydra.run.dir={tmp_path / 'r'}",
+        "--gpus-per-node", "4", "--container", image, "--signal-seconds", "120", "--dry-run",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    srun = next(line for line in result.stdout.splitlines() if line.startswith("srun "))
+    assert srun.startswith(expected), srun
+    assert " python -m pfm.train " in srun, "inside the image: its own python"
+    assert "#SBATCH --signal=USR1@120" in result.stdout.splitlines()
