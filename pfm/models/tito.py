@@ -170,7 +170,7 @@ class _Net(nn.Module):
         return self.transition_c_2(c) * m
 
     def pair_repr(self, x: torch.Tensor, pm: torch.Tensor, time_emb: torch.Tensor | None) -> torch.Tensor:
-        """Pair representation (B, L, L, pair) from coordinates x (B, L, 3) (masked) and the pair mask."""
+        """Pair representation (B, L, L, pair) from coordinates x (B, L, 3) (padded rows zero)."""
         f = self.feats
         b, n, _ = x.shape
         w = self.pair_repr_builder.init_repr_factory.linear_out.weight  # (pair, sep + dist)
@@ -183,14 +183,17 @@ class _Net(nn.Module):
         dist = torch.norm(x[:, :, None, :] - x[:, None, :, :], dim=-1)
         dist_bin = torch.bucketize(dist, edges).reshape(-1)
         d = w[:, f.num_seq_sep_bins :].t().index_select(0, dist_bin).reshape(b, n, n, -1)
-        pair = self.pair_repr_builder.init_repr_factory.ln_out(sep + d)
+        pair = self.pair_repr_builder.init_repr_factory.ln_out(d.add_(sep))
         if time_emb is not None:
             builder = self.pair_repr_builder
             # The time pair feature is the same for every pair: one modulation vector per sample.
             tc = builder.cond_factory.ln_out(builder.cond_factory.linear_out(time_emb))
             gamma, beta = builder.adaln.modulation(tc)
-            pair = F.layer_norm(pair, pair.shape[-1:]) * gamma[:, None, None] + beta[:, None, None]
-        return pair * pm[..., None]
+            pair = torch.addcmul(
+                beta[:, None, None], F.layer_norm(pair, pair.shape[-1:]), gamma[:, None, None]
+            )
+        # Pairs touching a padded residue are left unmasked here: attention_biases masks their logits.
+        return pair
 
     def attention_biases(self, pair: torch.Tensor, pm: torch.Tensor) -> list[torch.Tensor]:
         """Per layer (B, heads, R + L, R + L) additive attention masks: pair bias, dtype-min on masked keys."""
@@ -202,15 +205,15 @@ class _Net(nn.Module):
         # so every layer's bias comes out of one matmul.
         w_all = torch.cat([a.to_bias.weight * a.pair_norm.weight for a in layers])  # (layers * heads, pair)
         c_all = torch.cat([a.to_bias.weight @ a.pair_norm.bias for a in layers])  # (layers * heads,)
-        biases = F.layer_norm(pair, pair.shape[-1:]) @ w_all.t() + c_all  # (B, L, L, layers * heads)
-        full = c_all.reshape(1, 1, 1, -1).expand(b, n + r, n + r, -1).clone()  # register pairs: LN(0) = beta
-        full[:, r:, r:] = biases
-        full = full.permute(0, 3, 1, 2)  # (B, layers * heads, R + L, R + L)
+        biases = F.linear(F.layer_norm(pair, pair.shape[-1:]), w_all, c_all)  # (B, L, L, layers * heads)
+        full = pair.new_empty(b, w_all.shape[0], n + r, n + r)  # (B, layers * heads, R + L, R + L)
+        if r:
+            full[:] = c_all[None, :, None, None]  # register rows/columns hold zero pairs: LN(0) = beta
+        full[:, :, r:, r:] = biases.permute(0, 3, 1, 2)
         # Masked pairs get the dtype minimum (official: masked_fill then + bias, which rounds to the same);
         # registers are valid tokens, so only pairs touching a padded residue are masked.
         ext = torch.cat([pm.new_ones(b, r), pm.diagonal(dim1=1, dim2=2)], dim=1)
-        pm_full = ext[:, :, None] & ext[:, None, :]
-        full = full.masked_fill(~pm_full[:, None], torch.finfo(full.dtype).min)
+        full.masked_fill_(~(ext[:, :, None] & ext[:, None, :])[:, None], torch.finfo(full.dtype).min)
         return list(full.split(num_heads, dim=1))
 
     def trunk(
