@@ -423,7 +423,7 @@ def test_sigterm_outside_slurm_checkpoints_and_stops_without_requeue(tmp_path: P
         ("/images/pfm.sif", "srun --kill-on-bad-exit=1 apptainer exec --nv --bind"),
         (
             "nvcr.io#nvidia/pytorch:24.05-py3",
-            "srun --kill-on-bad-exit=1 --container-image=nvcr.io#nvidia/pytorch",
+            "srun --kill-on-bad-exit=1 --container-image='nvcr.io#nvidia/pytorch:24.05-py3'",  # quoted: '#'
         ),
     ],
 )
