@@ -219,6 +219,17 @@ def test_bad_inputs_are_named():
         PLaTITO("platito_7m")
     with pytest.raises(ValueError, match="steps=0"):
         model.sample(x, mask, lag, temp, steps=0, **kw)
+    bad = x.clone()
+    bad[0, 2, 1] = float("nan")  # a NaN at a valid residue is refused, not propagated
+    with pytest.raises(ValueError, match="non-finite coordinates at valid residues"):
+        model.sample(bad, mask, lag, temp, steps=1, **kw)
+    with pytest.raises(ValueError, match=r"lag has shape \(2,\); expected \(3,\)"):
+        model.condition(x, mask, lag[:2], temp, **kw)
+    with pytest.raises(ValueError, match=r"cond has shape"):
+        model.velocity(x, 0.5, torch.zeros(3, 11, 5), mask)
+    # a scalar lag / temperature applies to every sample
+    full = model.condition(x, mask, torch.full((3,), 10.0), torch.full((3,), 350.0), **kw)
+    torch.testing.assert_close(model.condition(x, mask, 10, 350.0, **kw), full)
 
 
 def test_loading_a_state_dict_of_another_layout_names_the_keys():

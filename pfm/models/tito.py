@@ -351,6 +351,18 @@ class PLaTITO(nn.Module):
                 f"mask has shape {tuple(mask.shape)} and dtype {mask.dtype}; expected bool {tuple(x.shape[:2])}."
             )
 
+    @staticmethod
+    def _per_sample(v: torch.Tensor | float, x: torch.Tensor, name: str, unit: str) -> torch.Tensor:
+        """lag / temperature as (B,) in x's dtype; a scalar applies to every sample."""
+        v = torch.as_tensor(v, device=x.device).to(x.dtype)
+        if v.ndim == 0:
+            v = v.expand(x.shape[0])
+        if v.shape != (x.shape[0],) or not torch.isfinite(v).all():
+            raise ValueError(
+                f"{name} has shape {tuple(v.shape)}; expected ({x.shape[0]},) finite values in {unit}."
+            )
+        return v
+
     def condition(
         self,
         x_t: torch.Tensor,
@@ -362,6 +374,12 @@ class PLaTITO(nn.Module):
     ) -> torch.Tensor:
         """Condition features (B, L, token) of the current frame x_t (B, L, 3), once per transition."""
         self._check(x_t, mask)
+        if not torch.isfinite(x_t[mask]).all():
+            raise ValueError(
+                "x_t has non-finite coordinates at valid residues; expected finite nm coordinates."
+            )
+        lag = self._per_sample(lag, x_t, "lag", "ns")
+        temperature = self._per_sample(temperature, x_t, "temperature", "K")
         net, f = self.condition_net, self.features
         b, n, _ = x_t.shape
         m = mask[..., None].to(x_t.dtype)
@@ -424,6 +442,11 @@ class PLaTITO(nn.Module):
     ) -> torch.Tensor:
         """Velocity (B, L, 3) at flow time s (scalar or (B,)) of z (B, L, 3); masked, zero centre of mass."""
         self._check(z, mask)
+        width = self.velocity_net.cond_factory.linear_out.in_features - self.features.time_dim
+        if cond.shape != (*z.shape[:2], width):
+            raise ValueError(
+                f"cond has shape {tuple(cond.shape)}; expected {(*z.shape[:2], width)} from PLaTITO.condition."
+            )
         s = torch.as_tensor(s, dtype=z.dtype, device=z.device).reshape(-1)
         return self._velocity(z, s, self._condition_share(cond), mask)
 
