@@ -193,3 +193,12 @@ def test_bad_settings_are_named(mdcath: Path, tmp_path: Path) -> None:
         MdCathDataModule(str(mdcath), temperatures=[300], lag_range=[1, 2])
     with pytest.raises(ValueError, match="exactly one"):
         MdCathDataModule(str(mdcath), lags=[1], lag_range=[1, 2])
+
+
+def test_state_matches_the_last_trained_batch(mdcath: Path) -> None:
+    dm = MdCathDataModule(str(mdcath), lag_range=[1, 3], batch_size=3, seed=1)
+    dm.next_batch()
+    ahead = dm.make_batch()  # made ahead by the fetcher, not trained
+    resumed = MdCathDataModule(str(mdcath), lag_range=[1, 3], batch_size=3, seed=1)
+    resumed.load_state_dict(dm.state_dict())
+    assert torch.equal(resumed.next_batch()["x_t"], ahead["x_t"])

@@ -236,6 +236,17 @@ class ChainPool:
             "sequence_index": self.sequence_index[rows],
         }
 
+    def snapshot(self) -> dict[str, object]:
+        """Like :meth:`state_dict`, but device copies (no host transfer): taken before every batch."""
+        return {
+            "step": self.step,
+            "num_rejected": self.num_rejected,
+            "head": self.head,
+            "frames": self.frames.clone(),
+            "sequence_index": self.sequence_index.clone(),
+            "system": {k: v.clone() for k, v in self.system.tensors().items()},
+        }
+
     def state_dict(self) -> dict[str, object]:
         """Everything needed to continue the stream exactly: frames, chains, step and counters.
 

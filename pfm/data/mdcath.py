@@ -152,8 +152,12 @@ class _Stream(IterableDataset):
         self.module = module
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self.module.step = self.module.trained_step  # a new iterator restarts after the last trained batch
         while True:
-            yield self.module.next_batch()
+            batch = self.module.make_batch()
+            if self.module.trainer is None:
+                self.module.trained_step = self.module.step
+            yield batch
 
 
 class MdCathDataModule(L.LightningDataModule):
@@ -227,7 +231,8 @@ class MdCathDataModule(L.LightningDataModule):
         self.num_val_batches = num_val_batches
         self.augment = augment
         self.seed = seed
-        self.step = 0
+        self.step = 0  # batches made
+        self.trained_step = 0  # batches trained: Lightning's fetcher makes one ahead
         self.generation_seconds = 0.0
 
     @property
@@ -286,6 +291,18 @@ class MdCathDataModule(L.LightningDataModule):
         return out
 
     def next_batch(self) -> dict[str, torch.Tensor]:
+        """This process's next batch (counted as trained)."""
+        batch = self.make_batch()
+        self.trained_step = self.step
+        return batch
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A training batch counts as trained when the Trainer takes it for a step (validation ones do not)."""
+        if self.trainer is not None and self.trainer.training:
+            self.trained_step = min(self.trained_step + 1, self.step)
+        return batch
+
+    def make_batch(self) -> dict[str, torch.Tensor]:
         """This process's next batch; its random stream is derived from (seed, rank, step)."""
         start = time.perf_counter()
         g = generator(self.seed, self._rank(), self.step, "mdcath")
@@ -313,9 +330,9 @@ class MdCathDataModule(L.LightningDataModule):
         return DataLoader(batches, batch_size=None, num_workers=0)
 
     def state_dict(self) -> dict[str, Any]:
-        """The number of batches drawn: the stream continues from there on resume."""
-        return {"step": self.step}
+        """The number of batches trained: the stream continues from there on resume."""
+        return {"step": self.trained_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the stream where the checkpoint left it."""
-        self.step = int(state_dict["step"])
+        self.step = self.trained_step = int(state_dict["step"])

@@ -23,12 +23,18 @@ __all__ = ["ChainDataModule", "pad_batch"]
 
 
 class _Stream(IterableDataset):
+    """The endless training stream; a new iterator restarts just after the last trained batch."""
+
     def __init__(self, module: ChainDataModule) -> None:
         self.module = module
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self.module.rewind()
         while True:
-            yield self.module.next_batch()
+            batch = self.module.make_batch()
+            if self.module.trainer is None:
+                self.module.mark_trained()
+            yield batch
 
 
 def pad_batch(parts: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -109,6 +115,11 @@ class ChainDataModule(L.LightningDataModule):
         self.pools: list[ChainPool] = []
         self.generation_seconds = 0.0
         self._pending_state: dict[str, Any] | None = None
+        # Lightning's fetcher makes a batch ahead of the one it trains; the pools' state before every batch made
+        # is kept until that batch is trained, so that state_dict() matches the last trained batch
+        self._states: dict[int, list[dict[str, Any]]] = {}
+        self._num_made = 0
+        self._num_trained = 0
         self._library: list[str] | None = None
         self._library_emb: list[torch.Tensor] = []
         self._plm_dim = 0
@@ -184,7 +195,15 @@ class ChainDataModule(L.LightningDataModule):
         return batch
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        """Advance the local pools and draw this process's slice of the next global batch."""
+        """Advance the local pools and draw this process's slice of the next global batch (counted as trained)."""
+        batch = self.make_batch()
+        self.mark_trained()
+        return batch
+
+    def make_batch(self) -> dict[str, torch.Tensor]:
+        """The next batch; it counts as trained only once :meth:`mark_trained` is called for it."""
+        self._states[self._num_made] = [pool.snapshot() for pool in self.pools]
+        self._num_made += 1
         start = time.perf_counter()
         parts = []
         for pool in self.pools:
@@ -194,6 +213,26 @@ class ChainDataModule(L.LightningDataModule):
         batch = self.finish(pad_batch(parts))
         self.generation_seconds = time.perf_counter() - start
         return batch
+
+    def mark_trained(self) -> None:
+        """Count the oldest batch made and not yet trained as trained."""
+        self._num_trained = min(self._num_trained + 1, self._num_made)
+        for index in [i for i in self._states if i < self._num_trained]:
+            del self._states[index]
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A training batch counts as trained when the Trainer takes it for a step (validation ones do not)."""
+        if self.trainer is not None and self.trainer.training:
+            self.mark_trained()
+        return batch
+
+    def rewind(self) -> None:
+        """Put the pools back just after the last trained batch, dropping batches made ahead."""
+        if self._num_made > self._num_trained:
+            for pool, snapshot in zip(self.pools, self._states[self._num_trained], strict=True):
+                pool.load_state_dict(snapshot)
+        self._states.clear()
+        self._num_made = self._num_trained = 0
 
     @property
     def num_rejected(self) -> int:
@@ -217,7 +256,10 @@ class ChainDataModule(L.LightningDataModule):
         return DataLoader(batches, batch_size=None, num_workers=0)
 
     def state_dict(self) -> dict[str, Any]:
-        """The state of every local pool, so that a resumed run draws exactly the samples it would have."""
+        """The pools' state just after the last trained batch (batches made ahead do not count)."""
+        if self._num_made > self._num_trained:
+            saved = self._states[self._num_trained]
+            return {"pools": {pool.shard: _to_cpu(s) for pool, s in zip(self.pools, saved, strict=True)}}
         return {"pools": {pool.shard: pool.state_dict() for pool in self.pools}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -228,6 +270,8 @@ class ChainDataModule(L.LightningDataModule):
             self._pending_state = state_dict
 
     def _restore(self, state: dict[str, Any]) -> None:
+        self._states.clear()
+        self._num_made = self._num_trained = 0
         saved = state["pools"]
         for pool in self.pools:
             if pool.shard not in saved:
@@ -236,3 +280,12 @@ class ChainDataModule(L.LightningDataModule):
                     "resume with the same data.num_data_shards."
                 )
             pool.load_state_dict(saved[pool.shard])
+
+
+def _to_cpu(state: Any) -> Any:
+    """A host copy of a nested pool snapshot."""
+    if torch.is_tensor(state):
+        return state.detach().cpu().clone()
+    if isinstance(state, dict):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    return state
