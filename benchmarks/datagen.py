@@ -6,6 +6,7 @@ figures (solver gp-updates/s, pool crops/s, pool memory per sample) for every 3D
 
     python benchmarks/datagen.py --n 64 --batch 4 --steps 20         # needs the `bench` extra
     python benchmarks/datagen.py --n 64 128 --families-only
+    python benchmarks/datagen.py --device cuda --n 64 128 --compare-only   # adds pfm replayed from a CUDA graph
 """
 
 from __future__ import annotations
@@ -114,14 +115,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}, batch {args.batch}, steps {args.steps}")
     if not args.families_only:
+        graphs = torch.device(args.device).type == "cuda"
         print(
             f"{'pde':24s} {'n':>4s} {'pfm':>8s} {'exponax':>8s} {'torchfsm':>9s} {'/exponax':>9s} {'/torchfsm':>9s}  (M gp-updates/s)"
+            + ("  | pfm+graph /exponax  max|graph-plain|" if graphs else "")
         )
         for n in args.n:
             for name in args.cases:
                 coefficients, length, dt = CASES[name]
-                ours = solver_throughput(
-                    name,
+                common = dict(
                     n=n,
                     batch=args.batch,
                     num_steps=args.steps,
@@ -129,7 +131,14 @@ def main() -> None:
                     length=length,
                     coefficients=coefficients,
                     device=args.device,
-                )["gp_updates_per_s"]
+                )
+                plain = solver_throughput(name, **common)
+                ours = plain["gp_updates_per_s"]
+                extra = ""
+                if graphs:  # the same steps replayed from a CUDA graph (datagen/graphs.py)
+                    graphed = solver_throughput(name, cuda_graph=True, **common)
+                    diff = (graphed["final"] - plain["final"]).abs().max().item()
+                    extra = f"  | {graphed['gp_updates_per_s'] / 1e6:9.2f}"
                 try:
                     theirs = _exponax(name, n, length, dt, args.batch, args.steps, coefficients)
                 except ImportError:  # the `bench` extra is not installed
@@ -138,8 +147,11 @@ def main() -> None:
                     fsm = _torchfsm(name, n, length, dt, args.batch, args.steps, coefficients, args.device)
                 except ImportError:
                     fsm = math.nan
+                if graphs:
+                    extra += f" {graphed['gp_updates_per_s'] / theirs:9.2f}  {diff:.2e}"
                 print(
-                    f"{name:24s} {n:4d} {ours / 1e6:8.2f} {theirs / 1e6:8.2f} {fsm / 1e6:9.2f} {ours / theirs:9.2f} {ours / fsm:9.2f}",
+                    f"{name:24s} {n:4d} {ours / 1e6:8.2f} {theirs / 1e6:8.2f} {fsm / 1e6:9.2f} {ours / theirs:9.2f} {ours / fsm:9.2f}"
+                    + extra,
                     flush=True,
                 )
     if args.compare_only:
