@@ -14,7 +14,12 @@ import sys
 __all__ = ["main"]
 
 # Modules with ``add_parser(subparsers) -> None``; each adds its subcommands with ``set_defaults(func=...)``.
-_SUBCOMMAND_MODULES: list[str] = ["pfm.checkpoints.commands", "pfm.launch", "pfm.embeddings.cli", "pfm.sample"]
+_SUBCOMMAND_MODULES: list[str] = [
+    "pfm.checkpoints.commands",
+    "pfm.launch",
+    "pfm.embeddings.cli",
+    "pfm.sample",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

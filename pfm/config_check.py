@@ -210,7 +210,13 @@ def _node_problems(node: DictConfig, path: str) -> Iterator[str]:
         if isinstance(value, int | float) and not isinstance(value, bool):
             rng = next((r for r in RANGES if r.applies(str(key))), None)
             if rng is not None and not rng.holds(value):
-                integer = isinstance(value, int)
+                # integer-ness from the parameter, not the value: lr=-1 is a bad float, not a bad count
+                default = params[key].default
+                integer = hint is int or (
+                    hint is inspect.Parameter.empty
+                    and isinstance(default, int)
+                    and not isinstance(default, bool)
+                )
                 yield (
                     f"{full}={value}: expected {rng.describe(integer)} ({rng.why}). "
                     f"Fix: e.g. {full}={_example(params[key], rng, integer)}."

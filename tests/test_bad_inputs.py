@@ -117,6 +117,13 @@ CASES = [
         ("Fix: e.g. task.optimizer.lr=",),
     ),
     Case(
+        "lr negative given as an integer",
+        _checked([*DEMO, "task.optimizer.lr=-1"]),
+        ValueError,
+        ("task.optimizer.lr=-1", "a number > 0"),
+        ("Fix: e.g. task.optimizer.lr=0.001",),
+    ),
+    Case(
         "experiment keys the shards data does not take",
         _checked([*DEMO, "data=shards", "data.path=TMP"]),
         ValueError,
