@@ -71,7 +71,12 @@ def test_two_processes_match_one(strategy: str, reference, tmp_path: Path) -> No
     assert losses == pytest.approx(ref_losses, rel=1e-4, abs=1e-6), f"{strategy}: {losses} vs {ref_losses}"
     weights = _weights(tmp_path)
     assert set(weights) == set(ref_weights)
+    # Adam divides each gradient element by its own running scale, so an element whose gradient sits at
+    # rounding level (the 2-process all-reduce sums in another order) can move by up to one step, lr, either
+    # way. Measured (ddp, 4 steps, lr 1e-4): at most 5.9e-5. A wrong update is many steps off, or shows in
+    # the losses, which must agree to 1e-4.
+    lr = 1e-4  # conf/task/autoencoder.yaml
     for name, value in ref_weights.items():
-        torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-5, msg=f"{strategy}: {name}")
+        torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=lr, msg=f"{strategy}: {name}")
     # the loss moved: the comparison is not between two untrained models
     assert ref_losses[-1] != ref_losses[0]

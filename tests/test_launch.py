@@ -170,6 +170,16 @@ def test_without_sbatch_the_script_is_written_and_the_error_says_where(pfm: Any,
     assert syntax.returncode == 0, syntax.stderr
 
 
+def _forget_afterwards(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    """Remove ``key`` now and restore its original state (absent or not) when the test ends.
+
+    ``delenv(key, raising=False)`` records nothing for an absent key, so a value that Lightning writes
+    during the test (SLURMEnvironment sets MASTER_ADDR) would leak into every later test's subprocesses.
+    """
+    monkeypatch.setenv(key, "set-by-test")
+    monkeypatch.delenv(key)
+
+
 def test_slurm_environment_of_a_2_node_x_4_task_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
     """Rank 5 of 8 (node 1, local rank 1): Lightning reads it all from SLURM's variables."""
     import lightning as L
@@ -182,7 +192,7 @@ def test_slurm_environment_of_a_2_node_x_4_task_allocation(monkeypatch: pytest.M
         ):
             monkeypatch.delenv(key)
     for key in ("MASTER_ADDR", "MASTER_PORT"):  # Lightning writes them: restore their absence afterwards
-        monkeypatch.delenv(key, raising=False)
+        _forget_afterwards(monkeypatch, key)
     monkeypatch.setenv("SLURM_JOB_ID", "4242137")
     monkeypatch.setenv("SLURM_JOB_NAME", "pfm-run")
     monkeypatch.setenv("SLURM_NTASKS", "8")
