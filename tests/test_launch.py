@@ -211,7 +211,17 @@ def test_slurm_environment_of_a_2_node_x_4_task_allocation(monkeypatch: pytest.M
     with pytest.raises(ValueError, match="ntasks-per-node=4"):
         env.validate_settings(num_devices=8, num_nodes=2)
 
-    # the way pfm.train builds the trainer: strategy from build_strategy, the environment as a plugin
+    # the way pfm.train builds the trainer: strategy from build_strategy, the environment as a plugin.
+    # Building it sets Lightning's process-global rank (5 here); restore it, or every later in-process
+    # Trainer would think it is not rank 0 and its loggers would write nothing.
+    from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero_only
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    for holder in {
+        id(rank_zero_only): rank_zero_only,
+        id(fabric_rank_zero_only): fabric_rank_zero_only,
+    }.values():
+        monkeypatch.setattr(holder, "rank", getattr(holder, "rank", 0))
     setup = build_strategy("ddp", accelerator="cpu", devices=4, num_nodes=2)
     trainer = L.Trainer(plugins=[env], logger=False, enable_progress_bar=False, **setup.trainer_kwargs)
     assert trainer.strategy.cluster_environment is env
