@@ -133,7 +133,13 @@ def _wait(env: dict[str, str], job: str, timeout: float = 600) -> dict[str, str]
         if state == "PENDING" and info.get("Reason") == "BeginTime":
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=False)
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-            return info
+            # A requeued job passes through a terminal state (its killed steps make it FAILED for a moment)
+            # before SLURM shows it REQUEUED/PENDING: believe a terminal state only once it has lasted.
+            time.sleep(3)
+            again = _job(env, job)
+            if again.get("JobState") == state and again.get("Restarts") == info.get("Restarts"):
+                return again
+            continue
         time.sleep(0.5)
     subprocess.run(["scancel", job], env=env, check=False)
     pytest.fail(f"job {job} did not finish in {timeout} s: {_job(env, job)}")
