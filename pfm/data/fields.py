@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from datagen import ShardPool
 from datagen.fields import field_names
@@ -148,27 +147,6 @@ class OnlineFieldDataModule(OnlineWindowDataModule):
         """Field windows keep their physical scale."""
         return batch
 
-    def val_dataloader(self) -> DataLoader:
-        """Fixed validation windows from separately seeded pools, ``num_val_future`` future frames at ``min_stride``.
-
-        The pools are refreshed like the training pools and advanced ``val_burn_in_steps`` before each batch
-        (as in the base class; written out here so that no flag is shared with a background training stream).
-        """
-        device = self.pools[0].grid.device if self.pools else torch.device("cpu")
-        _, shards, local = self._layout()
-        per_shard = self.batch_size // shards
-        batches = []
-        for s in local:
-            pool = ShardPool(
-                self.families,
-                refresh_fraction=self.refresh_fraction,
-                seed=self.seed + 1_000_003,
-                shard=s,
-                device=device,
-                **self.pool_kwargs,
-            )
-            for _ in range(self.num_val_batches):
-                for _ in range(max(1, self.val_burn_in_steps)):
-                    pool.advance()
-                batches.append(self._windows(pool, per_shard, augment=False, validating=True))
-        return DataLoader(batches, batch_size=None, num_workers=0)
+    def validation_sample(self, pool: ShardPool, batch: int) -> dict[str, torch.Tensor]:
+        """One shard's slice of validation windows: ``num_val_future`` future frames at ``min_stride``."""
+        return self._windows(pool, batch, augment=False, validating=True)

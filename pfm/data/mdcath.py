@@ -13,7 +13,7 @@ whole. Coordinates are converted to nm and centred over the residues.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from datagen.md import centre, random_rotations
 from datagen.seeding import generator
+from pfm.data.layout import process_rank
+from pfm.data.stream_state import StreamDataset, TrainedBatchStream
 
 __all__ = ["MDCATH_TEMPERATURES", "MdCathDataModule", "MdCathDomain", "find_domains"]
 
@@ -147,20 +149,7 @@ def _one_letter(resname: str, path: Path) -> str:
     return _THREE_TO_ONE[resname]
 
 
-class _Stream(IterableDataset):
-    def __init__(self, module: MdCathDataModule) -> None:
-        self.module = module
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        self.module.step = self.module.trained_step  # a new iterator restarts after the last trained batch
-        while True:
-            batch = self.module.make_batch()
-            if self.module.trainer is None:
-                self.module.trained_step = self.module.step
-            yield batch
-
-
-class MdCathDataModule(L.LightningDataModule):
+class MdCathDataModule(TrainedBatchStream, L.LightningDataModule):
     """Lagged C-alpha pairs from mdCATH, with the batch format of :class:`pfm.data.molecules.ChainDataModule`.
 
     ``domains``: names to use (default: every file), ``val_domains``: held out for validation (default: none;
@@ -231,8 +220,7 @@ class MdCathDataModule(L.LightningDataModule):
         self.num_val_batches = num_val_batches
         self.augment = augment
         self.seed = seed
-        self.step = 0  # batches made
-        self.trained_step = 0  # batches trained: Lightning's fetcher makes one ahead
+        self.step = 0  # batches made; the step after the last trained batch is kept by TrainedBatchStream
         self.generation_seconds = 0.0
 
     @property
@@ -241,7 +229,7 @@ class MdCathDataModule(L.LightningDataModule):
         return {"plm_dim": self.table.dim if self.table is not None else 0}
 
     def _rank(self) -> int:
-        return self.trainer.global_rank if self.trainer is not None else 0
+        return process_rank(self.trainer)[0]
 
     def sample(
         self, domains: list[MdCathDomain], batch: int, g: torch.Generator, augment: bool
@@ -290,19 +278,13 @@ class MdCathDataModule(L.LightningDataModule):
             out["sequence_emb"] = emb
         return out
 
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        """This process's next batch (counted as trained)."""
-        batch = self.make_batch()
-        self.trained_step = self.step
-        return batch
+    def _capture_position(self) -> int:
+        return self.step
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """A training batch counts as trained when the Trainer takes it for a step (validation ones do not)."""
-        if self.trainer is not None and self.trainer.training:
-            self.trained_step = min(self.trained_step + 1, self.step)
-        return batch
+    def _restore_position(self, position: int) -> None:
+        self.step = position
 
-    def make_batch(self) -> dict[str, torch.Tensor]:
+    def _produce(self) -> dict[str, torch.Tensor]:
         """This process's next batch; its random stream is derived from (seed, rank, step)."""
         start = time.perf_counter()
         g = generator(self.seed, self._rank(), self.step, "mdcath")
@@ -313,7 +295,7 @@ class MdCathDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """An endless loader of pairs read in this process (exactly resumable from the step count)."""
-        return DataLoader(_Stream(self), batch_size=None, num_workers=0)
+        return DataLoader(StreamDataset(self), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         """Fixed validation batches: held-out domains if given, else other pairs of the training domains."""
@@ -330,9 +312,10 @@ class MdCathDataModule(L.LightningDataModule):
         return DataLoader(batches, batch_size=None, num_workers=0)
 
     def state_dict(self) -> dict[str, Any]:
-        """The number of batches trained: the stream continues from there on resume."""
-        return {"step": self.trained_step}
+        """The number of batches trained (batches made ahead do not count): the stream continues from there."""
+        return {"step": self.trained_position()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the stream where the checkpoint left it."""
-        self.step = self.trained_step = int(state_dict["step"])
+        self._forget_positions()
+        self.step = int(state_dict["step"])

@@ -10,31 +10,18 @@ D = 20), or a table from ``pfm embed`` (its sequences become the library the cha
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from datagen.md import AMINO_ACIDS, ChainPool, ForceField
+from pfm.data.layout import ShardLayout, shard_layout
+from pfm.data.stream_state import PoolStream, StreamDataset
 
 __all__ = ["ChainDataModule", "pad_batch"]
-
-
-class _Stream(IterableDataset):
-    """The endless training stream; a new iterator restarts just after the last trained batch."""
-
-    def __init__(self, module: ChainDataModule) -> None:
-        self.module = module
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        self.module.rewind()
-        while True:
-            batch = self.module.make_batch()
-            if self.module.trainer is None:
-                self.module.mark_trained()
-            yield batch
 
 
 def pad_batch(parts: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -53,7 +40,7 @@ def pad_batch(parts: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Te
     return out
 
 
-class ChainDataModule(L.LightningDataModule):
+class ChainDataModule(PoolStream, L.LightningDataModule):
     """Pairs from pools of coarse-grained C-alpha chains simulated on the training device while training.
 
     ``batch_size`` is the global batch, split evenly over ``num_data_shards`` (default: one per process), as
@@ -114,12 +101,6 @@ class ChainDataModule(L.LightningDataModule):
         self.seed = seed
         self.pools: list[ChainPool] = []
         self.generation_seconds = 0.0
-        self._pending_state: dict[str, Any] | None = None
-        # Lightning's fetcher makes a batch ahead of the one it trains; the pools' state before every batch made
-        # is kept until that batch is trained, so that state_dict() matches the last trained batch
-        self._states: dict[int, list[dict[str, Any]]] = {}
-        self._num_made = 0
-        self._num_trained = 0
         self._library: list[str] | None = None
         self._library_emb: list[torch.Tensor] = []
         self._plm_dim = 0
@@ -147,17 +128,8 @@ class ChainDataModule(L.LightningDataModule):
         """The pool settings (force field, step size, substeps, frame spacing) for long reference runs."""
         return {**self.pool_kwargs, "frame_ns": self.frame_ns}
 
-    def _layout(self) -> tuple[int, list[int]]:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        shards = self.num_data_shards or world
-        if shards % world or self.batch_size % shards:
-            raise ValueError(
-                f"data.num_data_shards={shards} must be a multiple of the number of processes ({world}) and "
-                f"divide data.batch_size={self.batch_size}; adjust one of them."
-            )
-        per_rank = shards // world
-        return shards, list(range(rank * per_rank, (rank + 1) * per_rank))
+    def _layout(self) -> ShardLayout:
+        return shard_layout(self.trainer, batch_size=self.batch_size, num_data_shards=self.num_data_shards)
 
     def _pool(self, shard: int, seed: int, device: torch.device) -> ChainPool:
         from pfm.embeddings import residue_ids
@@ -170,13 +142,11 @@ class ChainDataModule(L.LightningDataModule):
         if self.pools:
             return
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        shards, local = self._layout()
-        self.samples_per_shard = self.batch_size // shards
+        layout = self._layout()
+        self.samples_per_shard = layout.samples_per_shard
         self._library_emb = [e.to(device) for e in self._library_emb]
-        self.pools = [self._pool(s, self.seed, device) for s in local]
-        if self._pending_state is not None:
-            self._restore(self._pending_state)
-            self._pending_state = None
+        self.pools = [self._pool(s, self.seed, device) for s in layout.local]
+        self._load_pending_state()
 
     def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Frames to ns, embeddings looked up; the library index is dropped."""
@@ -194,16 +164,12 @@ class ChainDataModule(L.LightningDataModule):
             batch["sequence_emb"] = emb
         return batch
 
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        """Advance the local pools and draw this process's slice of the next global batch (counted as trained)."""
-        batch = self.make_batch()
-        self.mark_trained()
-        return batch
+    def _produce(self) -> dict[str, torch.Tensor]:
+        """Advance the local pools and draw this process's slice of the next global batch.
 
-    def make_batch(self) -> dict[str, torch.Tensor]:
-        """The next batch; it counts as trained only once :meth:`mark_trained` is called for it."""
-        self._states[self._num_made] = [pool.snapshot() for pool in self.pools]
-        self._num_made += 1
+        Its position is kept by :class:`~pfm.data.stream_state.PoolStream`: ``make_batch()``, ``next_batch()``,
+        ``mark_trained()``, ``rewind()`` and ``state_dict()`` (the pools just after the last trained batch).
+        """
         start = time.perf_counter()
         parts = []
         for pool in self.pools:
@@ -214,26 +180,6 @@ class ChainDataModule(L.LightningDataModule):
         self.generation_seconds = time.perf_counter() - start
         return batch
 
-    def mark_trained(self) -> None:
-        """Count the oldest batch made and not yet trained as trained."""
-        self._num_trained = min(self._num_trained + 1, self._num_made)
-        for index in [i for i in self._states if i < self._num_trained]:
-            del self._states[index]
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """A training batch counts as trained when the Trainer takes it for a step (validation ones do not)."""
-        if self.trainer is not None and self.trainer.training:
-            self.mark_trained()
-        return batch
-
-    def rewind(self) -> None:
-        """Put the pools back just after the last trained batch, dropping batches made ahead."""
-        if self._num_made > self._num_trained:
-            for pool, snapshot in zip(self.pools, self._states[self._num_trained], strict=True):
-                pool.load_state_dict(snapshot)
-        self._states.clear()
-        self._num_made = self._num_trained = 0
-
     @property
     def num_rejected(self) -> int:
         """Chains dropped because they blew up, over this process's pools."""
@@ -241,51 +187,16 @@ class ChainDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """An endless loader; the pools live on the device, so batches are produced in this process."""
-        return DataLoader(_Stream(self), batch_size=None, num_workers=0)
+        return DataLoader(StreamDataset(self), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         """A fixed validation set from separately seeded pools, advanced ``val_burn_in_frames`` per batch."""
         device = self.pools[0].device if self.pools else torch.device("cpu")
         batches = []
-        for s in self._layout()[1]:
+        for s in self._layout().local:
             pool = self._pool(s, self.seed + 1_000_003, device)
             for _ in range(self.num_val_batches):
                 for _ in range(max(1, self.val_burn_in_frames)):
                     pool.advance()
                 batches.append(self.finish(pool.sample_pairs(self.samples_per_shard, augment=False)))
         return DataLoader(batches, batch_size=None, num_workers=0)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The pools' state just after the last trained batch (batches made ahead do not count)."""
-        if self._num_made > self._num_trained:
-            saved = self._states[self._num_trained]
-            return {"pools": {pool.shard: _to_cpu(s) for pool, s in zip(self.pools, saved, strict=True)}}
-        return {"pools": {pool.shard: pool.state_dict() for pool in self.pools}}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore pool states (deferred until :meth:`setup` has built the pools)."""
-        if self.pools:
-            self._restore(state_dict)
-        else:
-            self._pending_state = state_dict
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        self._states.clear()
-        self._num_made = self._num_trained = 0
-        saved = state["pools"]
-        for pool in self.pools:
-            if pool.shard not in saved:
-                raise ValueError(
-                    f"The checkpoint has no data state for shard {pool.shard} (it holds {sorted(saved)}); "
-                    "resume with the same data.num_data_shards."
-                )
-            pool.load_state_dict(saved[pool.shard])
-
-
-def _to_cpu(state: Any) -> Any:
-    """A host copy of a nested pool snapshot."""
-    if torch.is_tensor(state):
-        return state.detach().cpu().clone()
-    if isinstance(state, dict):
-        return {k: _to_cpu(v) for k, v in state.items()}
-    return state

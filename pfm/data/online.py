@@ -6,17 +6,18 @@ consecutive frames with all fields (GPhyT) and ``OnlinePairDataModule`` lagged p
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from datagen import FamilySpec, ShardPool
+from pfm.data.layout import ShardLayout, shard_layout
 from pfm.data.prefetch import Prefetcher
+from pfm.data.stream_state import PoolStream, StreamDataset
 
 __all__ = ["OnlineCropDataModule", "OnlinePairDataModule", "OnlineWindowDataModule"]
 
@@ -27,17 +28,7 @@ def _family_specs(pdes: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, 
     return [FamilySpec(**dict(item)) for item in items if item is not None]
 
 
-class _CropStream(IterableDataset):
-    """Endless stream of batches; each step advances the local shard pools and draws their slices."""
-
-    def __init__(self, module: OnlineCropDataModule) -> None:
-        self.module = module
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return self.module.stream()
-
-
-class OnlineCropDataModule(L.LightningDataModule):
+class OnlineCropDataModule(PoolStream, L.LightningDataModule):
     """Single-channel periodic crops from pools of PDE trajectories advanced while training.
 
     ``batch_size`` is the *global* batch: it is split evenly over ``num_data_shards`` data shards (default:
@@ -109,14 +100,7 @@ class OnlineCropDataModule(L.LightningDataModule):
         self.prefetch_threads = prefetch_threads
         self.pools: list[ShardPool] = []
         self.generation_seconds = 0.0
-        self._pending_state: dict[str, Any] | None = None
-        # The stream's position, counted in batches since set-up or restore: batches made (also those made
-        # ahead) and batches trained. _states[i] is the pools' state before batch i was made.
-        self._num_made = 0
-        self._num_trained = 0
-        self._states: dict[int, tuple[list[dict[str, Any]], Any]] = {}
         self._prefetcher: Prefetcher | None = None
-        self._stream: Any = None
 
     @property
     def pde_names(self) -> list[str]:
@@ -132,29 +116,20 @@ class OnlineCropDataModule(L.LightningDataModule):
             "num_spatial_dims": self.pool_kwargs["num_spatial_dims"],
         }
 
-    def _layout(self) -> tuple[int, int, list[int]]:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        shards = self.num_data_shards or world
-        if shards % world or self.batch_size % shards:
-            raise ValueError(
-                f"data.num_data_shards={shards} must be a multiple of the number of processes ({world}) and "
-                f"divide data.batch_size={self.batch_size}; adjust one of them."
-            )
-        per_rank = shards // world
-        return rank, shards, list(range(rank * per_rank, (rank + 1) * per_rank))
+    def _layout(self) -> ShardLayout:
+        return shard_layout(self.trainer, batch_size=self.batch_size, num_data_shards=self.num_data_shards)
 
     def setup(self, stage: str | None = None) -> None:
         """Build this process's shard pools on the training device."""
         if self.pools:
             return
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        _, shards, local = self._layout()
-        self.samples_per_shard = self.batch_size // shards
+        layout = self._layout()
+        self.samples_per_shard = layout.samples_per_shard
         self.device = torch.device(device)
         if self.prefetch and self.device.type == "cuda":
             # everything the pools allocate lives on the generation stream (see pfm/data/prefetch.py)
-            self._stream = torch.cuda.Stream(self.device)
+            self._cuda_stream = torch.cuda.Stream(self.device)
         with self._generation_context():
             self.pools = [
                 ShardPool(
@@ -165,34 +140,25 @@ class OnlineCropDataModule(L.LightningDataModule):
                     device=device,
                     **self.pool_kwargs,
                 )
-                for s in local
+                for s in layout.local
             ]
-        if self._pending_state is not None:
-            self._restore(self._pending_state)
-            self._pending_state = None
+        self._load_pending_state()
 
-    def _generation_context(self) -> contextlib.AbstractContextManager:
-        if self._stream is None:
-            return contextlib.nullcontext()
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.cuda.device(self.device))
-        stack.enter_context(torch.cuda.stream(self._stream))
-        return stack
-
-    # --- the training stream and its position -----------------------------------------------------------
+    # --- the training stream (its position is kept by PoolStream, pfm/data/stream_state.py) ---------------
     def next_batch(self) -> dict[str, torch.Tensor]:
-        """Advance the local pools and draw this process's slice of the next global batch (no prefetch).
+        """Advance the local pools and draw this process's slice of the batch after the last trained one.
 
-        The batch counts as trained at once: :meth:`state_dict` then continues after it.
+        No prefetch; the batch counts as trained at once: :meth:`state_dict` then continues after it.
         """
         self._close_prefetcher()
-        self._rewind()
+        return super().next_batch()
+
+    def make_batch(self) -> dict[str, torch.Tensor]:
+        """The next batch, made in this thread; it counts as trained only once :meth:`mark_trained` is called."""
         with self._generation_context():
-            self._record_state()
-            batch = self._make_batch()
-        if self._stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self._stream)
-        self._mark_trained()
+            batch = super().make_batch()
+        if self._cuda_stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self._cuda_stream)
         return batch
 
     def stream(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -203,81 +169,41 @@ class OnlineCropDataModule(L.LightningDataModule):
         after the last trained batch, so batches made ahead and never trained are made again.
         """
         self._close_prefetcher()
-        self._rewind()
-        counted_by_trainer = self.trainer is not None
         if not self.prefetch:
-            while True:
-                batch = self._make_batch_recorded()
-                if not counted_by_trainer:
-                    self._mark_trained()
-                yield batch
+            yield from super().stream()
+            return
+        self.rewind()
+        counted_by_trainer = self.trainer is not None
         prefetcher = Prefetcher(
-            self._make_batch,
+            self._produce,
             self.device,
             num_threads=self.prefetch_threads,
-            before_submit=self._record_state,
-            stream=self._stream,
+            before_submit=self._record,
+            stream=self._cuda_stream,
         )
         self._prefetcher = prefetcher
         try:
             while True:
                 batch = prefetcher.next()
                 if not counted_by_trainer:
-                    self._mark_trained()
+                    self.mark_trained()
                 yield batch
         finally:
             prefetcher.close()
             if self._prefetcher is prefetcher:
                 self._prefetcher = None
 
-    def _make_batch_recorded(self) -> dict[str, torch.Tensor]:
-        with self._generation_context():
-            self._record_state()
-            batch = self._make_batch()
-        if self._stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self._stream)
-        return batch
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Count a training batch as trained when the Trainer takes it for a step (validation ones are not)."""
-        trainer = self.trainer
-        if trainer is not None and trainer.training:
-            self._mark_trained()
-        return batch
-
-    def _record_state(self) -> None:
-        """Keep the pools' state before the batch about to be made (the pools are idle now)."""
-        snapshots = [pool.snapshot() for pool in self.pools]
-        event = None
-        if self._stream is not None:
-            event = torch.cuda.Event()
-            event.record(self._stream)
-        self._states[self._num_made] = (snapshots, event)
-        self._num_made += 1
-
-    def _mark_trained(self) -> None:
-        self._num_trained = min(self._num_trained + 1, self._num_made)
-        for index in [i for i in self._states if i < self._num_trained]:
-            del self._states[index]
-
     def _close_prefetcher(self) -> None:
         if self._prefetcher is not None:
             self._prefetcher.close()
             self._prefetcher = None
 
-    def _rewind(self) -> None:
+    def rewind(self) -> None:
         """Put the pools back just after the last trained batch, dropping batches made ahead."""
-        if self._num_made > self._num_trained:
-            snapshots, event = self._states[self._num_trained]
-            if event is not None:
-                event.synchronize()
-            with self._generation_context():
-                for pool, snapshot in zip(self.pools, snapshots, strict=True):
-                    pool.load_state_dict(snapshot)
-        self._states.clear()
-        self._num_made = self._num_trained = 0
+        self._close_prefetcher()
+        super().rewind()
 
-    def _make_batch(self) -> dict[str, torch.Tensor]:
+    def _produce(self) -> dict[str, torch.Tensor]:
         """Advance the local pools once and draw this process's slice of the next global batch."""
         start = time.perf_counter()
         parts = []
@@ -302,7 +228,7 @@ class OnlineCropDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """An endless loader; the pools live on the device, so batches are produced in this process."""
-        return DataLoader(_CropStream(self), batch_size=None, num_workers=0)
+        return DataLoader(StreamDataset(self), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         """A fixed validation set drawn from separately seeded pools.
@@ -311,9 +237,9 @@ class OnlineCropDataModule(L.LightningDataModule):
         so validation sees evolved states of the same distribution rather than raw initial conditions.
         """
         device = self.pools[0].grid.device if self.pools else torch.device("cpu")
-        local = self._layout()[2]
+        layout = self._layout()
         batches = []
-        for s in local:
+        for s in layout.local:
             pool = ShardPool(
                 self.families,
                 refresh_fraction=self.refresh_fraction,
@@ -325,51 +251,20 @@ class OnlineCropDataModule(L.LightningDataModule):
             for _ in range(self.num_val_batches):
                 for _ in range(max(1, self.val_burn_in_steps)):
                     pool.advance()
-                batches.append(self.finish(self.sample(pool, self.samples_per_shard, augment=False)))
+                batches.append(self.validation_sample(pool, layout.samples_per_shard))
         return DataLoader(batches, batch_size=None, num_workers=0)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Every local pool's state just after the last trained batch (on the CPU).
-
-        Batches made ahead (by the Trainer's fetcher or the prefetch thread) do not count, so a run restored
-        from this state draws exactly the batch this one would train on next.
-        """
-        entry = self._states.get(self._num_trained)
-        if entry is None:  # nothing made ahead (and nothing in flight): the pools are at that state now
-            with self._generation_context():
-                snapshots = [pool.snapshot() for pool in self.pools]
-            if self._stream is not None:
-                self._stream.synchronize()
-        else:
-            snapshots, event = entry
-            if event is not None:
-                event.synchronize()
-        return {"pools": {pool.shard: _to_cpu(s) for pool, s in zip(self.pools, snapshots, strict=True)}}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore pool states (deferred until :meth:`setup` has built the pools)."""
-        if self.pools:
-            self._restore(state_dict)
-        else:
-            self._pending_state = state_dict
+    def validation_sample(self, pool: ShardPool, batch: int) -> dict[str, torch.Tensor]:
+        """One shard's slice of a validation batch (no augmentation)."""
+        return self.finish(self.sample(pool, batch, augment=False))
 
     def teardown(self, stage: str) -> None:
         """Stop the prefetch thread."""
         self._close_prefetcher()
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore_pools(self, state: dict[str, Any]) -> None:
         self._close_prefetcher()
-        self._states.clear()
-        self._num_made = self._num_trained = 0
-        saved = state["pools"]
-        for pool in self.pools:
-            if pool.shard not in saved:
-                raise ValueError(
-                    f"The checkpoint has no data state for shard {pool.shard} (it holds {sorted(saved)}); "
-                    "resume with the same data.num_data_shards."
-                )
-            with self._generation_context():
-                pool.load_state_dict(saved[pool.shard])
+        super()._restore_pools(state)
 
 
 class OnlineWindowDataModule(OnlineCropDataModule):
@@ -446,16 +341,6 @@ class OnlinePairDataModule(OnlineWindowDataModule):
     def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Pairs keep their physical scale (a transfer operator must see it)."""
         return batch
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    return obj
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:
