@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -29,6 +30,25 @@ TINY_RUN = [
     "trainer.enable_progress_bar=false",
     "checkpoint_every_n_steps=3",
 ]
+
+
+# Two small online PDE families for the pool and data-stream tests: one scalar (diffusion), one vector (Burgers).
+DIFFUSION = {
+    "name": "diffusion",
+    "dt": 0.01,
+    "coefficients": {"diffusivity": [5e-4, 5e-3]},
+    "log_uniform": ["diffusivity"],
+}
+BURGERS = {"name": "burgers", "dt": 0.002, "coefficients": {"diffusivity": [0.04, 0.06]}}
+
+
+@pytest.fixture
+def one_thread():
+    """Small FFTs on a shared 2-core machine: one torch thread avoids OpenMP contention (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -9,26 +9,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import BURGERS, DIFFUSION
 
 from pfm.data import OnlineCropDataModule
 from pfm.data.prefetch import Prefetcher
 
-DIFFUSION = {
-    "name": "diffusion",
-    "dt": 0.01,
-    "coefficients": {"diffusivity": [5e-4, 5e-3]},
-    "log_uniform": ["diffusivity"],
-}
-BURGERS = {"name": "burgers", "dt": 0.002, "coefficients": {"diffusivity": [0.04, 0.06]}}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small FFTs on a shared 2-core machine: one thread avoids OpenMP contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _module(**kwargs) -> OnlineCropDataModule:

@@ -5,29 +5,21 @@ Public names: ``MixedFieldDataModule``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from datagen.seeding import generator
 from pfm.data.fields import remap_fields
+from pfm.data.stream_state import PoolStream, TrainedBatchStream
 
 __all__ = ["MixedFieldDataModule"]
 
 
-class _MixedStream(IterableDataset):
-    def __init__(self, module: MixedFieldDataModule) -> None:
-        self.module = module
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
-            yield self.module.next_batch()
-
-
-class MixedFieldDataModule(L.LightningDataModule):
+class MixedFieldDataModule(TrainedBatchStream, L.LightningDataModule):
     """Each training batch comes from one source, drawn with probability proportional to its weight.
 
     ``sources`` maps a name to a field-window DataModule (:class:`~pfm.data.fields.OnlineFieldDataModule`,
@@ -38,7 +30,11 @@ class MixedFieldDataModule(L.LightningDataModule):
     and ``source`` indexes ``pde_names``, the concatenation of the sources' own names. Validation concatenates
     every source's validation batches. All sources must share ``num_spatial_dims`` and ``num_frames``; ``grid``
     in ``spec`` is the first source's (a model with interpolated position embeddings takes the others).
-    Resuming restarts the source draw at the resumed step but not the sources' own streams.
+
+    Exact resume: each source is itself a :class:`~pfm.data.stream_state.TrainedBatchStream`; this module
+    makes its batches with the source's ``make_batch()`` and, when the Trainer trains a batch, counts it as
+    trained in the source that made it (the source drawn at that step). :meth:`state_dict` is the draw's step
+    and every source's state, all just after the last trained batch.
     """
 
     def __init__(
@@ -48,6 +44,12 @@ class MixedFieldDataModule(L.LightningDataModule):
         self.sources = {k: v for k, v in sources.items() if v is not None}
         if not self.sources:
             raise ValueError("data.sources is empty; give at least one source of field windows.")
+        for name, module in self.sources.items():
+            if not isinstance(module, TrainedBatchStream) or "/" in name:
+                raise ValueError(
+                    f"data.sources.{name} is a {type(module).__name__}; expected a field-window DataModule "
+                    "with a resumable stream (OnlineFieldDataModule, WellDataModule) under a name without '/'."
+                )
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(self.sources))
         if unknown:
@@ -72,9 +74,7 @@ class MixedFieldDataModule(L.LightningDataModule):
             self.offsets[name] = offset
             offset += len(getattr(module, "pde_names", [name]))
         self.seed = seed
-        self.step = 0
-        self._iterators: dict[str, Iterator] = {}
-        self._epochs: dict[str, int] = {}
+        self.step = 0  # the step of the next source draw
         self.generation_seconds = 0.0
 
     @property
@@ -98,41 +98,44 @@ class MixedFieldDataModule(L.LightningDataModule):
             module.trainer = self.trainer
             module.setup(stage)
 
+    def teardown(self, stage: str | None = None) -> None:
+        """Tear every source down (prefetch threads, readers, open files)."""
+        for module in self.sources.values():
+            module.teardown(stage)
+
     def _remap(self, name: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         fields = self.sources[name].spec["fields"]
         x, mask = remap_fields(batch["input"], batch["field_mask"], fields, self.fields)
         return {**batch, "input": x, "field_mask": mask, "source": batch["source"] + self.offsets[name]}
 
-    def _next_from(self, name: str) -> dict[str, torch.Tensor]:
-        module = self.sources[name]
-        if hasattr(module, "next_batch"):
-            # an online source makes its batch here, in step with this module's own stream position
-            return module.next_batch()
-        if name not in self._iterators:
-            self._iterators[name] = iter(self.sources[name].train_dataloader())
-        try:
-            return next(self._iterators[name])
-        except StopIteration:  # a finite source (a Well split): start its next epoch
-            self._epochs[name] = self._epochs.get(name, 0) + 1
-            dataset = getattr(self.sources[name], "train_set", None)
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(self._epochs[name])
-            self._iterators[name] = iter(self.sources[name].train_dataloader())
-            return next(self._iterators[name])
+    def _draw(self, step: int) -> str:
+        """The source of the batch made at ``step`` (the same in every process)."""
+        g = generator(self.seed, "mixed-source", step)
+        return list(self.sources)[int(torch.multinomial(self.weights, 1, generator=g))]
 
-    def next_batch(self) -> dict[str, torch.Tensor]:
+    def _capture_position(self) -> int:
+        return self.step
+
+    def _restore_position(self, position: int) -> None:
+        # every source goes back to just after its own last trained batch, which is where this step left it
+        self.step = position
+        for module in self.sources.values():
+            module.rewind()
+
+    def _produce(self) -> dict[str, torch.Tensor]:
         """The next training batch, from the source drawn for this step."""
-        g = generator(self.seed, "mixed-source", self.step)
-        index = int(torch.multinomial(self.weights, 1, generator=g))
+        name = self._draw(self.step)
         self.step += 1
-        name = list(self.sources)[index]
-        batch = self._next_from(name)
+        batch = self.sources[name].make_batch()
         self.generation_seconds = getattr(self.sources[name], "generation_seconds", 0.0)
         return self._remap(name, batch)
 
-    def train_dataloader(self) -> DataLoader:
-        """An endless loader of mixed batches."""
-        return DataLoader(_MixedStream(self), batch_size=None, num_workers=0)
+    def mark_trained(self) -> None:
+        """Count the oldest untrained batch as trained, here and in the source that made it."""
+        positions, made, trained = self._stream_counts()
+        if made > trained:
+            self.sources[self._draw(positions[trained])].mark_trained()
+        super().mark_trained()
 
     def val_dataloader(self) -> DataLoader:
         """Every source's validation batches, remapped onto the union of fields."""
@@ -140,9 +143,36 @@ class MixedFieldDataModule(L.LightningDataModule):
         return DataLoader(batches, batch_size=None, num_workers=0)
 
     def state_dict(self) -> dict[str, Any]:
-        """The step of the source draw."""
-        return {"step": self.step}
+        """The draw's step and every source's state just after the last trained batch.
+
+        Pool states of online sources sit under ``pools`` keyed ``<source>/<shard>``, so that the periodic
+        checkpoint callback merges every process's shards into one checkpoint as it does for online modules.
+        """
+        state: dict[str, Any] = {"step": self.trained_position(), "sources": {}, "pools": {}}
+        for name, module in self.sources.items():
+            source_state = dict(module.state_dict())
+            for shard, pool_state in source_state.pop("pools", {}).items():
+                state["pools"][f"{name}/{shard}"] = pool_state
+            state["sources"][name] = source_state
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the step of the source draw."""
-        self.step = int(state_dict.get("step", 0))
+        """Restore the draw's step and every source's stream."""
+        saved = state_dict.get("sources")
+        if saved is None or set(saved) != set(self.sources):
+            raise ValueError(
+                f"The checkpoint's mixed data state holds sources {sorted(saved or [])}; this run has "
+                f"{sorted(self.sources)}. Resume with the same data.sources."
+            )
+        self._forget_positions()
+        self.step = int(state_dict["step"])
+        for name, module in self.sources.items():
+            source_state = dict(saved[name])
+            if isinstance(module, PoolStream):
+                pools = {}
+                for key, pool_state in state_dict.get("pools", {}).items():
+                    source, shard = str(key).rsplit("/", 1)
+                    if source == name:
+                        pools[int(shard)] = pool_state
+                source_state["pools"] = pools
+            module.load_state_dict(source_state)

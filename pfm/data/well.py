@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,9 +43,11 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from datagen.seeding import derive_seed
+from datagen.seeding import derive_seed, generator
+from pfm.data.layout import process_rank
+from pfm.data.stream_state import TrainedBatchStream
 
 __all__ = ["DEFAULT_RENAME", "WellDataModule", "WellDataset"]
 
@@ -234,13 +237,18 @@ class WellDataset(Dataset):
         state["_files"], state["_pid"] = {}, None
         return state
 
-    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
-        """One window (see the class docstring)."""
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """One window (see the class docstring); ``item`` may be ``(index, epoch)`` to name the stride's epoch.
+
+        The training stream passes the epoch with the index, so that workers kept alive across epochs (which
+        hold their own copy of this dataset) draw the strides of the right epoch.
+        """
+        item, epoch = item if isinstance(item, tuple) else (item, self.epoch)
         i, traj, start = self.index[item]
         lay = self.layouts[i]
         room = (lay.num_steps - 1 - start) // max(self.length - 1, 1)
         high = max(self.min_stride, min(self.max_stride, room))
-        g = np.random.default_rng(derive_seed(self.seed, item, self.epoch, "well-stride"))
+        g = np.random.default_rng(derive_seed(self.seed, item, epoch, "well-stride"))
         stride = int(g.integers(self.min_stride, high + 1))
         steps = slice(start, start + (self.length - 1) * stride + 1, stride)
         f = self._file(i)
@@ -274,14 +282,55 @@ class WellDataset(Dataset):
         self._files = {}
 
 
-class WellDataModule(L.LightningDataModule):
+class _EpochBatches(Sampler):
+    """This process's batches of one epoch, from batch ``start`` on, as lists of ``(item, epoch)`` pairs.
+
+    The epoch's order is a permutation of every window seeded by ``(seed, epoch)``, the same in every process;
+    process ``rank`` of ``world`` takes every ``world``-th window of it (the tail that does not split evenly is
+    dropped, as is a last partial batch). Set ``epoch`` and ``start`` before iterating.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, *, seed: int, rank: int, world: int) -> None:
+        self.num_items, self.batch_size, self.seed, self.rank, self.world = (
+            num_items,
+            batch_size,
+            seed,
+            rank,
+            world,
+        )
+        self.num_batches = num_items // world // batch_size
+        self.epoch = 0
+        self.start = 0
+
+    def __len__(self) -> int:
+        """Batches left in this epoch from ``start``."""
+        return max(self.num_batches - self.start, 0)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = torch.randperm(self.num_items, generator=generator(self.seed, self.epoch, "well-order"))
+        mine = order[: self.num_items // self.world * self.world][self.rank :: self.world].tolist()
+        size, epoch = self.batch_size, self.epoch
+        return iter(
+            [
+                [(i, epoch) for i in mine[b * size : (b + 1) * size]]
+                for b in range(self.start, self.num_batches)
+            ]
+        )
+
+
+class WellDataModule(TrainedBatchStream, L.LightningDataModule):
     """Field windows from a dataset in The Well's layout: ``data=well data.path=<dataset folder>``.
 
     Training reads ``data/train`` with random strides in ``[min_stride, max_stride]`` and ``num_future`` target
     frames; validation reads ``data/valid`` at ``min_stride`` with ``num_val_future`` frames (rollouts), using
-    ``num_val_samples`` windows evenly spread over the split (all when None). ``batch_size`` is per process
-    (Lightning shards the training windows over processes). ``name`` (default: the files' ``dataset_name``)
-    is the source name in metrics.
+    ``num_val_samples`` windows evenly spread over the split (all when None). ``batch_size`` is per process.
+    ``name`` (default: the files' ``dataset_name``) is the source name in metrics.
+
+    The training stream is endless: epoch after epoch, each a permutation of the windows seeded by
+    ``(seed, epoch)``, split over processes (every ``world``-th window). Its position is ``(epoch, batch)``;
+    :meth:`state_dict` gives the position just after the last trained batch (batches read ahead by the
+    Trainer's fetcher or by workers do not count, see :mod:`pfm.data.stream_state`), so a resumed run trains
+    on the same windows with the same strides as an uninterrupted one.
     """
 
     def __init__(
@@ -330,6 +379,11 @@ class WellDataModule(L.LightningDataModule):
         self.num_spatial_dims = layout.num_spatial_dims
         self.grid = layout.grid
         self.boundary_conditions = layout.boundary_conditions
+        self._epoch, self._batch = 0, 0  # the training stream's position: the next batch to read
+        self._batches: _EpochBatches | None = None
+        self._loader: DataLoader | None = None
+        self._iterator: Iterator | None = None
+        self.generation_seconds = 0.0
 
     @property
     def pde_names(self) -> list[str]:
@@ -346,19 +400,57 @@ class WellDataModule(L.LightningDataModule):
             "num_frames": self.num_frames,
         }
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled windows (seeded), ``batch_size`` per process, files kept open per worker."""
-        g = torch.Generator()
-        g.manual_seed(self.seed)
-        return DataLoader(
+    def setup(self, stage: str | None = None) -> None:
+        """Split the training windows over this run's processes (the Trainer's rank and world size)."""
+        rank, world = process_rank(self.trainer)
+        if (
+            self._loader is not None
+            and self._batches is not None
+            and (self._batches.rank, self._batches.world) == (rank, world)
+        ):
+            return
+        batches = _EpochBatches(len(self.train_set), self.batch_size, seed=self.seed, rank=rank, world=world)
+        if batches.num_batches < 1:
+            raise ValueError(
+                f"{self.path}/data/train holds {len(self.train_set)} windows; {world} process(es) with "
+                f"data.batch_size={self.batch_size} need at least {world * self.batch_size}. Lower "
+                "data.batch_size (it is per process) or data.num_frames."
+            )
+        self._close_loader()
+        self._batches = batches
+        self._loader = DataLoader(
             self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=g,
+            batch_sampler=batches,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _capture_position(self) -> tuple[int, int]:
+        return self._epoch, self._batch
+
+    def _restore_position(self, position: tuple[int, int]) -> None:
+        self._epoch, self._batch = int(position[0]), int(position[1])
+        self._iterator = None  # the next read starts a loader pass at that position
+
+    def _produce(self) -> dict[str, torch.Tensor]:
+        """The next batch of the endless stream, reading from the position ``(epoch, batch)``."""
+        start = time.perf_counter()
+        if self._loader is None:
+            self.setup()
+        assert self._batches is not None and self._loader is not None
+        while True:
+            if self._iterator is None:
+                self.train_set.set_epoch(self._epoch)
+                self._batches.epoch, self._batches.start = self._epoch, self._batch
+                self._iterator = iter(self._loader)
+            try:
+                batch = next(self._iterator)
+                break
+            except StopIteration:
+                self._epoch, self._batch, self._iterator = self._epoch + 1, 0, None
+        self._batch += 1
+        self.generation_seconds = time.perf_counter() - start
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         """Windows of ``data/valid`` at ``min_stride``, ``num_val_future`` future frames."""
@@ -380,10 +472,26 @@ class WellDataModule(L.LightningDataModule):
             dataset = Subset(val, picks)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=0)
 
+    def _close_loader(self) -> None:
+        # dropping the loader and its iterator stops persistent workers
+        self._iterator = self._loader = None
+
     def teardown(self, stage: str | None = None) -> None:
-        """Close this process's open files."""
+        """Stop the training readers and close this process's open files."""
+        self._close_loader()
         self.train_set.close()
 
     def state_dict(self) -> dict[str, Any]:
-        """Nothing beyond the config: the sampler is reseeded from ``seed`` (resume restarts the epoch order)."""
-        return {}
+        """``{"epoch", "batch"}``: the training stream's position just after the last trained batch."""
+        epoch, batch = self.trained_position()
+        return {"epoch": epoch, "batch": batch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the training stream at the saved position."""
+        if "epoch" not in state_dict or "batch" not in state_dict:
+            raise ValueError(
+                f"The checkpoint's Well data state {sorted(state_dict)} has no 'epoch'/'batch' (written by an "
+                "older pfm, which did not resume the Well stream); resume with resume=null and init_from=<ckpt>."
+            )
+        self._forget_positions()
+        self._restore_position((state_dict["epoch"], state_dict["batch"]))
