@@ -112,7 +112,12 @@ class ThroughputMonitor(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
     ) -> None:
         """Mark the start of compute; the gap since the last step's end is data wait."""
-        if self.count_flops and self.flops_per_step is None and self._counter is None:
+        # only the first step of a fresh run is counted; a resumed run takes the count from the checkpoint.
+        # FlopCounterMode decomposes ops it has no formula for (aten.silu_backward, ...) into other kernels,
+        # so the counted step's gradients differ in the last bits: counting a resumed run's first step would
+        # break bitwise exact resume
+        fresh = trainer.global_step == 0
+        if self.count_flops and fresh and self.flops_per_step is None and self._counter is None:
             self.flops_per_step = self._model_flops(pl_module, batch)
             if self.flops_per_step is None:
                 # counts this whole step (forward, backward); entered here, left in on_train_batch_end
@@ -163,6 +168,15 @@ class ThroughputMonitor(L.Callback):
                 metrics.update(self._memory_metrics(trainer, pl_module))
             pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
         self._last_end = end
+
+    def state_dict(self) -> dict[str, Any]:
+        """The FLOP count of one step, so that a resumed run reports it without counting again."""
+        return {"flops_per_step": self.flops_per_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the FLOP count of one step."""
+        value = state_dict.get("flops_per_step")
+        self.flops_per_step = None if value is None else float(value)
 
     def _memory_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         label, mine = peak_memory_mib(pl_module.device)
