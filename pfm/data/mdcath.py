@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from datagen.md import centre, random_rotations
 from datagen.seeding import generator
 from pfm.data.layout import process_rank
-from pfm.data.stream_state import StreamDataset, TrainedBatchStream
+from pfm.data.stream_state import TrainedBatchStream
 
 __all__ = ["MDCATH_TEMPERATURES", "MdCathDataModule", "MdCathDomain", "find_domains"]
 
@@ -292,10 +292,6 @@ class MdCathDataModule(TrainedBatchStream, L.LightningDataModule):
         self.step += 1
         self.generation_seconds = time.perf_counter() - start
         return batch
-
-    def train_dataloader(self) -> DataLoader:
-        """An endless loader of pairs read in this process (exactly resumable from the step count)."""
-        return DataLoader(StreamDataset(self), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         """Fixed validation batches: held-out domains if given, else other pairs of the training domains."""

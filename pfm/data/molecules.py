@@ -18,8 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datagen.md import AMINO_ACIDS, ChainPool, ForceField
-from pfm.data.layout import ShardLayout, shard_layout
-from pfm.data.stream_state import PoolStream, StreamDataset
+from pfm.data.stream_state import PoolStream
 
 __all__ = ["ChainDataModule", "pad_batch"]
 
@@ -128,9 +127,6 @@ class ChainDataModule(PoolStream, L.LightningDataModule):
         """The pool settings (force field, step size, substeps, frame spacing) for long reference runs."""
         return {**self.pool_kwargs, "frame_ns": self.frame_ns}
 
-    def _layout(self) -> ShardLayout:
-        return shard_layout(self.trainer, batch_size=self.batch_size, num_data_shards=self.num_data_shards)
-
     def _pool(self, shard: int, seed: int, device: torch.device) -> ChainPool:
         from pfm.embeddings import residue_ids
 
@@ -141,9 +137,7 @@ class ChainDataModule(PoolStream, L.LightningDataModule):
         """Build this process's shard pools on the training device."""
         if self.pools:
             return
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        layout = self._layout()
-        self.samples_per_shard = layout.samples_per_shard
+        device, layout = self._device_and_layout()
         self._library_emb = [e.to(device) for e in self._library_emb]
         self.pools = [self._pool(s, self.seed, device) for s in layout.local]
         self._load_pending_state()
@@ -184,10 +178,6 @@ class ChainDataModule(PoolStream, L.LightningDataModule):
     def num_rejected(self) -> int:
         """Chains dropped because they blew up, over this process's pools."""
         return sum(p.num_rejected for p in self.pools)
-
-    def train_dataloader(self) -> DataLoader:
-        """An endless loader; the pools live on the device, so batches are produced in this process."""
-        return DataLoader(StreamDataset(self), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         """A fixed validation set from separately seeded pools, advanced ``val_burn_in_frames`` per batch."""

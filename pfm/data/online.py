@@ -15,9 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from datagen import FamilySpec, ShardPool
-from pfm.data.layout import ShardLayout, shard_layout
 from pfm.data.prefetch import Prefetcher
-from pfm.data.stream_state import PoolStream, StreamDataset
+from pfm.data.stream_state import PoolStream
 
 __all__ = ["OnlineCropDataModule", "OnlinePairDataModule", "OnlineWindowDataModule"]
 
@@ -116,17 +115,12 @@ class OnlineCropDataModule(PoolStream, L.LightningDataModule):
             "num_spatial_dims": self.pool_kwargs["num_spatial_dims"],
         }
 
-    def _layout(self) -> ShardLayout:
-        return shard_layout(self.trainer, batch_size=self.batch_size, num_data_shards=self.num_data_shards)
-
     def setup(self, stage: str | None = None) -> None:
         """Build this process's shard pools on the training device."""
         if self.pools:
             return
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        layout = self._layout()
-        self.samples_per_shard = layout.samples_per_shard
-        self.device = torch.device(device)
+        device, layout = self._device_and_layout()
+        self.device = device
         if self.prefetch and self.device.type == "cuda":
             # everything the pools allocate lives on the generation stream (see pfm/data/prefetch.py)
             self._cuda_stream = torch.cuda.Stream(self.device)
@@ -225,10 +219,6 @@ class OnlineCropDataModule(PoolStream, L.LightningDataModule):
         if self.standardize:
             batch["input"] = _standardize(batch["input"])
         return batch
-
-    def train_dataloader(self) -> DataLoader:
-        """An endless loader; the pools live on the device, so batches are produced in this process."""
-        return DataLoader(StreamDataset(self), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         """A fixed validation set drawn from separately seeded pools.

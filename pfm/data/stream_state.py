@@ -27,7 +27,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
+
+from pfm.data.layout import ShardLayout, shard_layout
 
 __all__ = ["PoolStream", "StreamDataset", "TrainedBatchStream", "to_cpu"]
 
@@ -128,6 +130,10 @@ class TrainedBatchStream:
                 self.mark_trained()
             yield batch
 
+    def train_dataloader(self) -> DataLoader:
+        """An endless loader of :meth:`stream`; batches are produced in this process (on the training device)."""
+        return DataLoader(StreamDataset(self), batch_size=None, num_workers=0)
+
 
 class PoolStream(TrainedBatchStream):
     """A :class:`TrainedBatchStream` over ``self.pools``; positions are device snapshots of every local pool.
@@ -139,8 +145,22 @@ class PoolStream(TrainedBatchStream):
     """
 
     pools: list[Any]
+    batch_size: int
+    num_data_shards: int | None
     _cuda_stream: Any = None
     _pending_state: dict[str, Any] | None = None
+
+    def _layout(self) -> ShardLayout:
+        """This process's shards of the global ``batch_size`` (see :mod:`pfm.data.layout`)."""
+        return shard_layout(self.trainer, batch_size=self.batch_size, num_data_shards=self.num_data_shards)
+
+    def _device_and_layout(self) -> tuple[torch.device, ShardLayout]:
+        """The training device and this process's shards; sets ``samples_per_shard`` (start of ``setup``)."""
+        trainer = self.trainer
+        device = torch.device(trainer.strategy.root_device if trainer is not None else "cpu")
+        layout = self._layout()
+        self.samples_per_shard = layout.samples_per_shard
+        return device, layout
 
     def _generation_context(self) -> contextlib.AbstractContextManager:
         """Device and stream on which the pools are generated (nothing on the CPU)."""
