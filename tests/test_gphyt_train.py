@@ -203,18 +203,22 @@ def test_head_adds_fields_freezes_the_body_and_keeps_old_outputs() -> None:
     )
     assert not base_weight.requires_grad and model.blocks[0].mlp.fc1.weight is base_weight
     lora = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
-    assert "blocks.0.attn.qkv" in lora and "blocks.1.attn.qkv" not in lora and "blocks.1.mlp.fc2" in lora
+    # every Linear of the body, the last block's qkv included (its query-only path calls the module)
+    assert {f"blocks.{i}.attn.{n}" for i in range(len(model.blocks)) for n in ("qkv", "proj")} <= set(lora)
+    assert "blocks.1.mlp.fc2" in lora and len(lora) == 4 * len(model.blocks)
     # a few steps on the new fields move the LoRA factors and new channels, never the frozen body
     task = task_for(model, fields=("vorticity", "species_u", "species_v"))
     opt = task.configure_optimizers()
     frozen = base_weight.detach().clone()
     lora_b = model.blocks[0].mlp.fc1.lora_B.detach().clone()
+    last_qkv_b = model.blocks[-1].attn.qkv.lora_B.detach().clone()
     for _ in range(2):
         opt.zero_grad()
         task.training_step(window_batch(), 0).backward()
         opt.step()
     assert torch.equal(base_weight, frozen)
     assert not torch.equal(model.blocks[0].mlp.fc1.lora_B, lora_b)
+    assert not torch.equal(model.blocks[-1].attn.qkv.lora_B, last_qkv_b)  # the last block's qkv LoRA trains
 
 
 def test_head_full_finetuning_and_errors() -> None:

@@ -66,11 +66,10 @@ def gphyt_fields(
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(_FIELD_LAYERS))
         if lora_rank > 0:
-            # The last block computes its query projection from qkv.weight directly (only the last frame's
-            # queries are needed), which would skip a LoRA update: its qkv stays without LoRA.
-            last_qkv = f"blocks.{len(model.blocks) - 1}.attn.qkv"
+            # Every block's Linear layers, the last block's qkv included: its query-only path calls the
+            # qkv module (never its weight), so the LoRA update reaches the output there too.
             lora_layers = add_lora(
-                model, lora_rank, lora_alpha, exclude=(last_qkv, *_FIELD_LAYERS), layer_types=(nn.Linear,)
+                model, lora_rank, lora_alpha, exclude=_FIELD_LAYERS, layer_types=(nn.Linear,)
             )
     else:
         for p in model.parameters():
