@@ -84,61 +84,74 @@ class ESM2Embedding:
 
 
 class ESMCEmbedding:
-    """ESM C (300M, 600M, 6B) through EvolutionaryScale's ``esm`` package, from a local weights file.
+    """ESM C (300M, 600M) through EvolutionaryScale's ``esm`` package, from a local weights file.
 
     ``weights`` is a folder holding ``data/weights/esmc_300m_2024_12_v0.pth`` (the layout of the Hugging Face
-    repository ``EvolutionaryScale/esmc-300m-2024-12``) or the ``.pth`` file itself. ``esm`` is not a pfm
-    dependency: on PyPI it pins another torch and pulls the CUDA stack, so install it in its own environment.
+    repository ``EvolutionaryScale/esmc-300m-2024-12``) or the ``.pth`` file itself. Width and depth are read
+    off the weights; the head count is not in the shapes: ESM C's heads are 64 wide (300M: 960 = 15 x 64,
+    600M: 1152 = 18 x 64), so it is width / 64 unless ``num_heads`` says otherwise. ``layer`` indexes ESM C's
+    ``hidden_states`` (the output of transformer block ``layer``, as the ``esm`` SDK's ``ith_hidden_layer``);
+    ``None`` reads the final, normed embeddings. ``esm`` pins other torch and transformers versions, so
+    install it without its dependencies (``docs/tito.md``).
     """
 
-    SIZES = {960: (15, 30), 1152: (18, 36)}  # d_model -> (heads, layers) of ESM C 300M and 600M
+    HEAD_DIM = 64  # every released ESM C: 300M 15 heads x 64, 600M 18 x 64
 
     def __init__(
         self,
         weights: str | Path | None = None,
         layer: int | None = 20,
         device: str = "cpu",
-        d_model: int = 960,
+        num_heads: int | None = None,
     ) -> None:
         try:
             from esm.models.esmc import ESMC
             from esm.tokenization import get_esmc_model_tokenizers
         except ImportError as err:
             raise ImportError(
-                "The ESM C provider needs EvolutionaryScale's `esm` package (pip install esm), which pfm does "
-                "not install because it pins its own torch; run `pfm embed` in an environment with it, or "
-                "use --provider esm2 / a precomputed table."
+                "The ESM C provider needs EvolutionaryScale's `esm` package, which pins its own torch: install "
+                "it without dependencies, `pip install -e .[esmc] && pip install --no-deps esm==3.2.1.post1` "
+                "(docs/tito.md), or use --provider esm2 / a precomputed table."
             ) from err
         path = _local_folder(weights, "ESM C")
         files = [path] if path.is_file() else sorted(path.rglob("*.pth"))
         if not files:
             raise FileNotFoundError(
-                f"No .pth weights under {path}; expected e.g. data/weights/esmc_300m_*.pth."
+                f"No .pth weights under {path}; expected e.g. data/weights/esmc_300m_2024_12_v0.pth."
             )
-        if d_model not in self.SIZES:
-            raise ValueError(f"d_model={d_model}; expected one of {sorted(self.SIZES)} (ESM C 300M, 600M).")
-        heads, num_layers = self.SIZES[d_model]
-        self.model = ESMC(
-            d_model=d_model,
-            n_heads=heads,
-            n_layers=num_layers,
-            tokenizer=get_esmc_model_tokenizers(),
-            use_flash_attn=False,
-        )
-        self.model.load_state_dict(torch.load(files[0], map_location="cpu", weights_only=True))
+        state = torch.load(files[0], map_location="cpu", weights_only=True)
+        if "embed.weight" not in state:
+            raise ValueError(f"{files[0]} holds no 'embed.weight'; expected an ESM C state dict.")
+        d_model = state["embed.weight"].shape[1]
+        num_layers = len({k.split(".")[2] for k in state if k.startswith("transformer.blocks.")})
+        heads = num_heads or d_model // self.HEAD_DIM
+        if heads < 1 or d_model % heads:
+            raise ValueError(
+                f"{files[0]}: ESM C of width {d_model} cannot have {heads} heads; pass num_heads, a divisor of "
+                f"{d_model} (the head count is not in the weights; ESM C's heads are {self.HEAD_DIM} wide)."
+            )
+        if layer is not None and not -num_layers <= layer < num_layers:
+            raise ValueError(
+                f"layer={layer}; this ESM C has {num_layers} transformer blocks (0..{num_layers - 1}), "
+                "or None for the final embeddings."
+            )
+        tokenizer = get_esmc_model_tokenizers()
+        self.model = ESMC(d_model, heads, num_layers, tokenizer=tokenizer, use_flash_attn=False)
+        self.model.load_state_dict(state)
         self.model = self.model.to(device).eval()
         self.layer, self.device, self.dim = layer, device, d_model
 
     @torch.no_grad()
     def embed(self, sequences: Sequence[str]) -> list[torch.Tensor]:
-        """Hidden states of ``layer`` (or the final embeddings), BOS/EOS removed, ``[(L, D)]``."""
-        out = []
-        for seq in sequences:  # one at a time: ESM C's tokenizer pads per call
-            tokens = self.model._tokenize([seq]).to(self.device)
-            result = self.model(sequence_tokens=tokens)
-            hidden = result.embeddings if self.layer is None else result.hidden_states[self.layer]
-            out.append(hidden[0, 1 : len(seq) + 1].float().cpu())
-        return out
+        """Hidden states of ``layer`` (or the final embeddings), BOS/EOS removed, ``[(L, D)]``.
+
+        A batch is padded; ESM C's attention keeps padded and real tokens apart (its ``sequence_id`` mask),
+        so each sequence gets what it gets alone, to float rounding.
+        """
+        tokens = self.model._tokenize(list(sequences)).to(self.device)  # (B, 2 + max L), pad-filled
+        result = self.model(sequence_tokens=tokens)
+        hidden = result.embeddings if self.layer is None else result.hidden_states[self.layer]
+        return [hidden[i, 1 : len(s) + 1].float().cpu() for i, s in enumerate(sequences)]
 
 
 PROVIDERS = {"identity": IdentityEmbedding, "esm2": ESM2Embedding, "esmc": ESMCEmbedding}
