@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from conftest import BURGERS, DIFFUSION
+from recording import fit_recording
 
 from pfm.data import OnlineCropDataModule
 from pfm.data.prefetch import Prefetcher
@@ -31,48 +31,12 @@ def _module(**kwargs) -> OnlineCropDataModule:
     return OnlineCropDataModule([DIFFUSION, BURGERS], **(base | kwargs))
 
 
-class _Recorder(L.LightningModule):
-    """A one-parameter model that keeps a copy of every batch it trains on."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(()))
-        self.trained: list[torch.Tensor] = []
-
-    def training_step(self, batch, batch_idx):
-        self.trained.append(batch["input"].clone())
-        return (self.weight - batch["input"].mean()) ** 2
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val/x", batch["input"].mean())
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def _fit(datamodule: OnlineCropDataModule, steps: int, tmp_path: Path, **trainer_kwargs) -> _Recorder:
-    model = _Recorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        **({"limit_val_batches": 0} | trainer_kwargs),
-    )
-    trainer.fit(model, datamodule=datamodule)
-    return model
-
-
 def test_prefetch_trains_on_the_same_batches_in_the_same_order(tmp_path: Path) -> None:
     plain = _module(prefetch=False)
     plain.setup()
     expected = [plain.next_batch()["input"] for _ in range(4)]
     for prefetch in (True, False):
-        trained = _fit(_module(prefetch=prefetch), 4, tmp_path).trained
+        trained = fit_recording(_module(prefetch=prefetch), 4, tmp_path).trained
         assert len(trained) == 4
         for got, want in zip(trained, expected, strict=True):
             assert torch.equal(got, want), f"prefetch={prefetch}: a batch differs from the plain stream"
@@ -85,9 +49,9 @@ def test_prefetch_trains_on_the_same_batches_in_the_same_order(tmp_path: Path) -
 )
 def test_state_dict_matches_the_last_trained_batch(tmp_path: Path, prefetch: bool, trainer_kwargs) -> None:
     k = 3
-    reference = _fit(_module(prefetch=prefetch), k + 2, tmp_path, **trainer_kwargs).trained
+    reference = fit_recording(_module(prefetch=prefetch), k + 2, tmp_path, **trainer_kwargs).trained
     datamodule = _module(prefetch=prefetch)
-    model = _fit(datamodule, k, tmp_path, **trainer_kwargs)
+    model = fit_recording(datamodule, k, tmp_path, **trainer_kwargs)
     for got, want in zip(model.trained, reference, strict=False):
         assert torch.equal(got, want)
     state = datamodule.state_dict()
