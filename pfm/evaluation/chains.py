@@ -213,12 +213,9 @@ def evaluate_chains(
     cuts = np.quantile(ref_tics[:, 0], np.linspace(0, 1, num_states + 1)[1:-1])
     one_2n = _rollout(model, x0, mask, 2 * lag_ns, temperature, cond, 1, steps, g)[:, 1]
     start_s = _states(tica.transform(distance_features(x0))[:, 0], cuts)
-    ck_model = chapman_kolmogorov(
-        start_s,
-        _states(tica.transform(distance_features(one_2n))[:, 0], cuts),
-        _states(model_tics.reshape(num_model_trajectories, num_transitions, 2)[:, 1, 0], cuts),
-        num_states,
-    )
+    end_2n_s = _states(tica.transform(distance_features(one_2n))[:, 0], cuts)
+    after_two_n_s = _states(model_tics.reshape(num_model_trajectories, num_transitions, 2)[:, 1, 0], cuts)
+    ck_model = chapman_kolmogorov(start_s, end_2n_s, after_two_n_s, num_states)
     ref_states = [_states(tica.transform(f)[:, 0], cuts) for f in per_replica]
 
     def reference_matrix(lag: int) -> np.ndarray:
@@ -227,9 +224,7 @@ def evaluate_chains(
 
     p_n, p_2n = reference_matrix(lag_frames), reference_matrix(2 * lag_frames)
     ck_ref = float(0.5 * np.abs(p_2n - p_n @ p_n).sum(1).mean())
-    model_2n = _transition_matrix(
-        start_s, _states(tica.transform(distance_features(one_2n))[:, 0], cuts), num_states
-    )
+    model_2n = _transition_matrix(start_s, end_2n_s, num_states)
     seen = np.bincount(start_s, minlength=num_states) > 0  # rows the model's starts visited
     ck_vs_ref = float(0.5 * np.abs(model_2n - p_2n)[seen].sum(1).mean())
     ref_ree, model_ree = end_to_end(traj, mask), end_to_end(model_frames, mask)
