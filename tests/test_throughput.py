@@ -106,3 +106,27 @@ def test_model_provided_flops_take_precedence(tmp_path: Path) -> None:
     monitor = ThroughputMonitor()
     _fit(tmp_path, _Tiny(per_sample=1000.0), monitor)
     assert monitor.flops_per_step == 4 * 1000.0
+
+
+def test_a_resumed_run_takes_the_count_from_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a fresh run's step 0 is counted: FlopCounterMode runs some ops through other kernels
+    (it decomposes silu_backward, ...), so counting a resumed run's first step would change its gradients in
+    the last bits and break bitwise exact resume (tests/test_tito_train.py::test_platito_demo_resumes_exactly)."""
+    first = ThroughputMonitor()
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, callbacks=[first],
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(_Tiny())
+    assert first.flops_per_step and first.flops_per_step > 0
+    trainer.save_checkpoint(tmp_path / "step3.ckpt")
+
+    def _no_counting(*args, **kwargs):
+        raise AssertionError("a resumed run counted FLOPs again")
+
+    monkeypatch.setattr("pfm.callbacks.throughput.FlopCounterMode", _no_counting)
+    resumed = ThroughputMonitor()
+    trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, callbacks=[resumed],
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(_Tiny(), ckpt_path=tmp_path / "step3.ckpt")
+    assert trainer.global_step == 6 and resumed.flops_per_step == first.flops_per_step
