@@ -167,3 +167,16 @@ def test_data_configs_compose_and_yield_a_batch(config: str) -> None:
     dm.setup()
     batch = dm.next_batch()
     assert batch["input"].shape[0] == 2 and torch.isfinite(batch["input"]).all()
+
+
+@pytest.mark.parametrize("module", ["crops", "chains"])
+def test_a_shard_count_that_does_not_split_the_batch_is_named(module: str) -> None:
+    from pfm.data.molecules import ChainDataModule
+
+    if module == "crops":
+        dm = OnlineCropDataModule([DIFFUSION], n=16, crop=8, batch_size=3, num_data_shards=2)
+    else:
+        dm = ChainDataModule(batch_size=3, num_data_shards=2, num_chains=2)
+    with pytest.raises(ValueError, match=r"data\.num_data_shards=2 .* divide data\.batch_size=3"):
+        dm.setup()
+    assert not dm.pools, "nothing is built before the layout is checked"
