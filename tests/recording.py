@@ -31,10 +31,10 @@ class BatchRecorder(L.LightningModule):
 def fit_recording(
     datamodule: L.LightningDataModule, steps: int, tmp_path: Path, **trainer_kwargs: Any
 ) -> BatchRecorder:
-    """Train :class:`BatchRecorder` on ``datamodule`` for ``steps`` steps (no validation unless asked)."""
+    """Train :class:`BatchRecorder` on ``datamodule`` for ``steps`` steps (one CPU, no validation unless asked)."""
     model = BatchRecorder()
+    defaults = {"accelerator": "cpu", "devices": 1, "limit_val_batches": 0}
     trainer = L.Trainer(
-        accelerator="cpu",
         max_steps=steps,
         logger=False,
         enable_checkpointing=False,
@@ -42,7 +42,7 @@ def fit_recording(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=tmp_path,
-        **({"limit_val_batches": 0} | trainer_kwargs),
+        **(defaults | trainer_kwargs),
     )
     trainer.fit(model, datamodule=datamodule)
     return model

@@ -12,7 +12,7 @@ from conftest import BURGERS, DIFFUSION
 from recording import fit_recording
 
 from pfm.data import OnlineCropDataModule
-from pfm.data.prefetch import Prefetcher
+from pfm.data.prefetch import Prefetcher, tensors_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,6 +61,23 @@ def test_state_dict_matches_the_last_trained_batch(tmp_path: Path, prefetch: boo
     fresh.load_state_dict(state)
     assert torch.equal(fresh.next_batch()["input"], reference[k]), "restored stream skips or repeats a batch"
     assert torch.equal(fresh.next_batch()["input"], reference[k + 1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the lead's GPU check)")
+def test_state_dict_matches_the_last_trained_batch_on_cuda(tmp_path: Path) -> None:
+    """On a GPU: pools and snapshots on the generation stream; a restored module trains on the next batches."""
+    k, gpu = 3, {"accelerator": "gpu"}
+    reference = fit_recording(_module(), k + 2, tmp_path, **gpu).trained
+    datamodule = _module()
+    fit_recording(datamodule, k, tmp_path, **gpu)
+    state = datamodule.state_dict()
+    assert all(pool["step"] == k for pool in state["pools"].values())
+    assert all(t.device.type == "cpu" for pool in state["pools"].values() for t in tensors_of(pool))
+    fresh = _module()
+    fresh.load_state_dict(state)
+    resumed = fit_recording(fresh, 2, tmp_path, **gpu).trained
+    for got, want in zip(resumed, reference[k:], strict=True):
+        assert got.is_cuda and torch.equal(got, want), "restored stream on CUDA skips or repeats a batch"
 
 
 def test_a_new_stream_continues_after_the_last_trained_batch() -> None:
