@@ -76,3 +76,23 @@ def pfm_train(
     }
     cmd = [sys.executable, "-m", "pfm.train", *args, f"hydra.run.dir={out}"]
     return subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def resume_run(steps: int, keep_last: int | None) -> list[str]:
+    """A conv_vae run of ``steps`` steps, checkpointed every 3, as the resume and SLURM preemption tests use it."""
+    return [
+        "model=conv_vae",  # small and fast; pinned, since test_resume's mismatch test names one of its keys
+        "data.n=16",
+        "data.crop=16",
+        "data.batch_size=2",
+        "data.num_trajectories=2",
+        "data.num_val_batches=1",
+        f"trainer.max_steps={steps}",
+        "trainer.val_check_interval=4",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        "checkpoint_every_n_steps=3",
+        f"checkpoint_keep_last={'null' if keep_last is None else keep_last}",
+        "plots=false",
+        "logger=csv",
+    ]

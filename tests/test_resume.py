@@ -16,26 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import resume_run
 
 from pfm.checkpoints import find_resume_checkpoint, list_checkpoints, read_checkpoint
 
 STEPS = 10
-RUN = [
-    "model=conv_vae",  # small and fast; pinned, since the mismatch test names one of its keys
-    "data.n=16",
-    "data.crop=16",
-    "data.batch_size=2",
-    "data.num_trajectories=2",
-    "data.num_val_batches=1",
-    f"trainer.max_steps={STEPS}",
-    "trainer.val_check_interval=4",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_progress_bar=false",
-    "checkpoint_every_n_steps=3",
-    "checkpoint_keep_last=3",
-    "plots=false",
-    "logger=csv",
-]
+RUN = resume_run(STEPS, keep_last=3)
 
 
 def _cmd(out: Path, *args: str) -> list[str]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import resume_run
 
 from pfm.checkpoints import read_checkpoint
 
@@ -31,22 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 CI = REPO / "launch" / "slurm" / "ci"
 STATE = Path(os.environ.get("PFM_SLURM_DIR", "/tmp/pfm-slurm"))
 STEPS = 12
-RUN = [
-    "model=conv_vae",
-    "data.n=16",
-    "data.crop=16",
-    "data.batch_size=2",
-    "data.num_trajectories=2",
-    "data.num_val_batches=1",
-    f"trainer.max_steps={STEPS}",
-    "trainer.val_check_interval=4",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_progress_bar=false",
-    "checkpoint_every_n_steps=3",
-    "checkpoint_keep_last=null",
-    "plots=false",
-    "logger=csv",
-]
+RUN = resume_run(STEPS, keep_last=None)
 DDP = ["strategy=ddp", "data.num_data_shards=2"]
 
 
