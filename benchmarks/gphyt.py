@@ -30,21 +30,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _timing.py, also when this file is imported
+from _timing import peak_rss_mib, rss_mib, run_worker, time_calls
 
 FIELDS, FRAMES, GRID, PATCH = 5, 4, (256, 128), (1, 16, 16)
 H200_BF16_PEAK = 989e12
-
-
-def _rss_mib() -> float:
-    """Current resident set size of this process in MiB (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
 
 
 def _reference(size: str):
@@ -162,16 +157,9 @@ def _cpu_worker(
             model.zero_grad(set_to_none=True)
             torch.nn.functional.mse_loss(model(x), target).backward()
 
-    base = _rss_mib()
-    for _ in range(warmup):
-        call()
-    times, cpu_times = [], []
-    for _ in range(steps):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        call()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    base = rss_mib()
+    times, cpu_times = time_calls(call, steps, warmup)
+    peak = peak_rss_mib()
     return {
         "ms": 1e3 * statistics.median(times),
         "cpu_ms": 1e3 * statistics.median(cpu_times),
@@ -375,13 +363,7 @@ def main() -> None:
                 warmup=warmup,
                 threads=args.threads,
             )
-            out = subprocess.run(
-                [sys.executable, __file__, "--worker", json.dumps(config)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            results[which] = json.loads(out.stdout.strip().splitlines()[-1])
+            results[which] = run_worker(__file__, config)
         p, r = results["pfm"], results["reference"]
         print(
             f"{phase:>8} | {p['ms']:>8.0f} {r['ms']:>8.0f} {r['ms'] / p['ms']:>7.2f}x | {p['cpu_ms']:>10.0f} "

@@ -17,18 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
-import time
+from pathlib import Path
 
-
-def _rss_mib() -> float:
-    """Current resident set size of this process in MiB (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _timing.py, also when this file is imported
+from _timing import peak_rss_mib, rss_mib, run_worker, time_calls
 
 
 def _worker(
@@ -59,22 +53,10 @@ def _worker(
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
     else:
-        base = _rss_mib()
-    for _ in range(warmup):
-        step()
-    times, cpu_times = [], []
-    for _ in range(steps):
-        sync()
-        start, cpu_start = time.perf_counter(), time.process_time()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
+        base = rss_mib()
+    times, cpu_times = time_calls(step, steps, warmup, sync)
     step_s = statistics.median(times)
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mib()
     return {
         "crops_per_s": batch / step_s,
         "step_s": step_s,
@@ -130,13 +112,7 @@ def main() -> None:
                 device=args.device,
                 threads=args.threads,
             )
-            out = subprocess.run(
-                [sys.executable, __file__, "--worker", json.dumps(config)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            results[backend] = json.loads(out.stdout.strip().splitlines()[-1])
+            results[backend] = run_worker(__file__, config)
         s, m = results["sdpa"], results["math"]
         print(
             f"{crop:>5} | {s['crops_per_s']:>12.3f} {m['crops_per_s']:>12.3f} "
