@@ -112,14 +112,13 @@ class ThroughputMonitor(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
     ) -> None:
         """Mark the start of compute; the gap since the last step's end is data wait."""
-        # only the first step of a fresh run is counted; a resumed run takes the count from the checkpoint.
-        # FlopCounterMode decomposes ops it has no formula for (aten.silu_backward, ...) into other kernels,
-        # so the counted step's gradients differ in the last bits: counting a resumed run's first step would
-        # break bitwise exact resume
-        fresh = trainer.global_step == 0
-        if self.count_flops and fresh and self.flops_per_step is None and self._counter is None:
+        if self.count_flops and self.flops_per_step is None and self._counter is None:
             self.flops_per_step = self._model_flops(pl_module, batch)
-            if self.flops_per_step is None:
+            # FlopCounterMode runs only on a fresh run's step 0; a resumed run takes its count from the
+            # checkpoint. The mode decomposes ops it has no formula for (aten.silu_backward, ...) into other
+            # kernels, so the counted step's gradients differ in the last bits: counting a resumed run's first
+            # step would break bitwise exact resume
+            if self.flops_per_step is None and trainer.global_step == 0:
                 # counts this whole step (forward, backward); entered here, left in on_train_batch_end
                 self._counter = FlopCounterMode(display=False)
                 self._counter.__enter__()
