@@ -119,6 +119,10 @@ def test_mixed_refuses_a_state_of_other_sources(wells) -> None:
     dm = _mixed(wells)
     with pytest.raises(ValueError, match=r"holds sources \['a'\]; this run has \['a', 'b', 'online'\]"):
         dm.load_state_dict({"step": 0, "sources": {"a": {}}, "pools": {}})
+    with pytest.raises(ValueError, match=r"holds no source streams.*init_from"):
+        dm.load_state_dict({"step": 4})
+    with pytest.raises(ValueError, match=r"no 'epoch'/'batch'.*init_from"):
+        _well(wells["a"]).load_state_dict({})
 
 
 # ------------------------------------------------------------------------------------------ end to end

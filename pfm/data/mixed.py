@@ -159,9 +159,14 @@ class MixedFieldDataModule(TrainedBatchStream, L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the draw's step and every source's stream."""
         saved = state_dict.get("sources")
-        if saved is None or set(saved) != set(self.sources):
+        if saved is None:
             raise ValueError(
-                f"The checkpoint's mixed data state holds sources {sorted(saved or [])}; this run has "
+                f"The checkpoint's mixed data state {sorted(state_dict)} holds no source streams (written before "
+                "pfm saved them), so it cannot resume exactly; start from its weights with init_from=<ckpt>."
+            )
+        if set(saved) != set(self.sources):
+            raise ValueError(
+                f"The checkpoint's mixed data state holds sources {sorted(saved)}; this run has "
                 f"{sorted(self.sources)}. Resume with the same data.sources."
             )
         self._forget_positions()
