@@ -20,6 +20,9 @@ else
 	$(BIN)/python -m pip install --quiet $(TORCH_CPU)
 endif
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# ESM C (pfm embed --provider esmc, tests/test_embeddings_esmc.py): esm without its requirements, which would
+	# replace the CPU torch; what it imports for ESM C comes with the esmc extra, part of dev
+	$(BIN)/python -m pip install --quiet --no-deps "esm==3.2.1.post1"
 	touch $@
 
 setup: $(STAMP)
