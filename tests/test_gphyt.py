@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from pfm.distributed.parallelize import find_blocks, prepare_model
 from pfm.models import GPhyT
-from pfm.models.gphyt import GPHYT_SIZES, OFFICIAL_FIELDS, derivative_features
+from pfm.models.gphyt import GPHYT_SIZES, OFFICIAL_FIELDS, FieldTokenizer, derivative_features
 from pfm.models.layers.vit import TransformerBlock, axial_rope
 
 ANCHORS = json.loads((Path(__file__).parent / "assets" / "gphyt_state_dicts.json").read_text())
@@ -318,6 +318,36 @@ def test_derivative_features_are_replicate_padded_central_differences() -> None:
         torch.testing.assert_close(features[..., k + 1, :], grad * scale.view(shape))
 
 
+@pytest.mark.parametrize(
+    ("patch", "sides", "frames"),
+    [
+        ((1, 16, 16), (32, 48), 4),  # the official patch: time by token shift, space by halo slabs
+        ((2, 4, 2), (8, 6), 4),  # a time patch > 1 (halo slabs in time too)
+        ((1, 1, 4), (5, 8), 2),  # a spatial patch of 1 (token shift in space)
+        ((1, 4, 4, 4), (8, 8, 4), 2),  # 3D
+        ((1, 8), (24,), 1),  # 1D, one frame (d/dt is zero)
+        ((1, 4, 4), (4, 4), 1),  # one token
+    ],
+)
+def test_tokenizer_embed_equals_the_features_path(patch, sides, frames) -> None:
+    """`embed(x)` (stencil folded into the weights) = `forward(derivative_features(x))`, values and gradients."""
+    torch.manual_seed(0)
+    tokenizer = FieldTokenizer(16, 1 + len(patch), 6, patch).double()
+    x = torch.randn(2, frames, *sides, 4, dtype=torch.float64, requires_grad=True)
+    for index in (torch.tensor([4, 0, 2, 5]), None):
+        window = x if index is not None else torch.cat((x, x[..., :2]), -1)  # None: the whole vocabulary
+        chosen = torch.arange(6) if index is None else index
+        want = tokenizer(derivative_features(window), chosen)
+        got = tokenizer.embed(window, index)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        grad = torch.randn_like(want)
+        params = [x, tokenizer.weight, tokenizer.bias]
+        for a, b in zip(
+            torch.autograd.grad(got, params, grad), torch.autograd.grad(want, params, grad), strict=True
+        ):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_integrators_follow_the_documented_schemes(small) -> None:
     model = small[0]
     x = torch.randn(1, 3, 32, 32, 5)
@@ -451,7 +481,10 @@ def test_3d_model_on_depth_constant_fields_equals_the_2d_model(small) -> None:
     depth = 16
     with torch.no_grad():
         w2 = m2.tokenizer.weight  # (hidden, [x, dt, dh, dw], fields, 1, 16, 16)
-        w3 = torch.randn_like(m3.tokenizer.weight)  # (hidden, [x, dt, dd, dh, dw], fields, 1, 16, 16, 16)
+        # (hidden, [x, dt, dd, dh, dw], fields, 1, 16, 16, 16); d/dd at the model's own weight scale: the
+        # tokenizer folds the stencil into the weights, so d/dd's zero features cancel only to rounding
+        # that grows with those weights (std 1, 70x the trained scale, would leave 1e-4 of the output)
+        w3 = torch.randn_like(m3.tokenizer.weight) * w2.std()
         for k3, k2 in ((0, 0), (1, 1), (3, 2), (4, 3)):  # d/dd stays random: it sees zeros
             w3[:, k3] = w2[:, k2].unsqueeze(3).expand_as(w3[:, k3]) / depth
         m3.tokenizer.weight.copy_(w3)

@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pfm.models.gphyt_stencil import StencilWeights
 from pfm.models.layers.attention import check_attention_backend
 from pfm.models.layers.vit import TransformerBlock, axial_rope
 
@@ -119,11 +120,45 @@ class FieldTokenizer(nn.Module):
         self.bias = nn.Parameter(torch.empty(hidden_dim).uniform_(-bound, bound))
 
     def forward(self, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """features (B, T, *spatial, F, C) with C = len(index) vocabulary indices -> (B, nT, *n, hidden)."""
+        """features (B, T, *spatial, F, C) with C = len(index) vocabulary indices -> (B, nT, *n, hidden).
+
+        The definition; `embed` computes the same tokens from the window itself, faster.
+        """
         weight = self.weight.index_select(2, index)  # (hidden, F, C, *patch)
         nd = len(self.patch)
         weight = weight.permute(0, *range(3, 3 + nd), 1, 2).flatten(1)  # entries ordered (*patch, F, C)
         return F.linear(_patchify(features.flatten(-2), self.patch), weight, self.bias)
+
+    def embed(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward(derivative_features(x), index)` without building the features: (B, T, *spatial, C) -> (B, nT, *n, hidden).
+
+        `index` holds the C channels' vocabulary indices; None means the whole vocabulary in order. The
+        difference stencil is linear, so its weights can act on the window's pixels directly (see
+        `pfm.models.gphyt_stencil`): the big matmul has a quarter of the features' inner size (2D), and no
+        (B, T, *spatial, F, C) tensor is written. An axis with patch 1 (time, officially) adds
+        `Y[k+1] - Y[k-1]` (clamped) of `Y = patch(x) W_a`, a shift in token space; an axis with a longer
+        patch adds the two pixel slabs just outside each patch (replicate-padded) through `halo` weights.
+        """
+        patch, hidden = self.patch, self.weight.shape[0]
+        weight = self.weight if index is None else self.weight.index_select(2, index)
+        rows, halo = StencilWeights.apply(weight, patch)
+        out = F.linear(_patchify(x, patch), rows).unflatten(-1, (-1, hidden))
+        terms = out.unbind(-2)  # the folded kernel's tokens, then Y of each axis with patch 1
+        tokens = terms[0] + self.bias
+        for y, a in zip(terms[1:], (a for a, p in enumerate(patch) if p == 1), strict=True):
+            n = y.shape[1 + a]
+            padded = torch.cat((y.narrow(1 + a, 0, 1), y, y.narrow(1 + a, n - 1, 1)), dim=1 + a)
+            tokens = tokens + (padded.narrow(1 + a, 2, n) - padded.narrow(1 + a, 0, n))
+        slabs = []
+        for a, p in enumerate(patch):
+            if p > 1:
+                size, k = x.shape[1 + a], torch.arange(x.shape[1 + a] // p, device=x.device)
+                slab = (*patch[:a], 1, *patch[a + 1 :])
+                for at in (((k + 1) * p).clamp(max=size - 1), (k * p - 1).clamp(min=0)):
+                    slabs.append(_patchify(x.index_select(1 + a, at), slab))
+        if slabs:
+            tokens = tokens + F.linear(torch.cat(slabs, -1), halo)
+        return tokens
 
     def extend(self, num_new: int) -> None:
         """Add input columns for `num_new` fields, drawn with the spread of the existing ones."""
@@ -365,7 +400,13 @@ class GPhyT(nn.Module):
         """
         self._check_input(x)
         index = self._field_index(fields, x.shape[-1], x.device)
-        tokens = self.tokenizer(derivative_features(x), index)
+        if x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type):
+            identity = fields is None or tuple(fields) == self.fields  # no weight columns to gather
+            tokens = self.tokenizer.embed(x, None if identity else index)
+        else:
+            # bf16/fp16 would round the window before the folded stencil takes its differences, which loses
+            # the small differences of smooth fields: differences first, in the input's precision
+            tokens = self.tokenizer(derivative_features(x), index)
         if index.numel() < len(self.fields):
             present = torch.zeros(len(self.fields), dtype=torch.bool, device=x.device)
             present[index] = True
