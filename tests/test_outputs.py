@@ -86,6 +86,13 @@ def test_run_outputs_follow_the_umask_and_the_bar_counts_steps(tmp_path: Path, u
     printed = result.stdout + result.stderr  # Lightning's tqdm bar writes to stdout
     assert "Step" in printed and "3/3" in printed, printed[-2000:]
     assert "Epoch 0/" not in printed
+    # the closing summary: steps of this fit, its wall time and the last validation figures, from the run's log
+    summary = [ln for ln in (tmp_path / "run" / "train.log").read_text().splitlines() if "Trained " in ln]
+    assert len(summary) == 1 and "Trained 3 steps in 0 min" in summary[0], summary
+    metrics = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()
+    column = metrics[0].split(",").index("val/nrmse")
+    last = [row.split(",")[column] for row in metrics[1:] if row.split(",")[column]][-1]
+    assert f"val/nrmse={float(last):.4g}" in summary[0], (summary, last)
 
 
 class _Stream(IterableDataset):
