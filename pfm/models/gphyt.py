@@ -424,7 +424,9 @@ class GPhyT(nn.Module):
         for i, block in enumerate(self.blocks):
             h = block(h, rope, num_last if i == len(self.blocks) - 1 else None)
         last = h.unflatten(1, (1, *token_grid[1:]))
-        return self.detokenizer(last, index)[:, -1]
+        out = self.detokenizer(last, index)  # (B, pt, *spatial, C): the last time patch's frames
+        # squeeze, not select, when the time patch is one frame: select's backward zero-fills and copies
+        return out.squeeze(1) if out.shape[1] == 1 else out[:, -1]
 
     def _advance(self, window: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
         """`frame` (B, *spatial, C) appended to `window`, keeping at most num_frames frames."""

@@ -86,7 +86,9 @@ class SelfAttention(nn.Module):
         batch, tokens, dim = x.shape
         heads, head_dim = self.num_heads, dim // self.num_heads
         # Always through the module (never its .weight): a LoRA wrapper of `qkv` must see every call.
-        q, k, v = self.qkv(x).view(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        # chunk, not a (3, B, H, N, D) permute: the CPU flash kernel's gradients come back in (B, N, H, D)
+        # memory, so the chunk's backward is one concatenation instead of a stack plus a reshape copy.
+        q, k, v = (t.view(batch, tokens, heads, head_dim).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
         if num_queries is not None:
             q = q[:, :, tokens - num_queries :]
         if rope is not None:
