@@ -126,23 +126,32 @@ def _reference(size: str):
     return Reference()
 
 
-def _models(size: str, which: str):
-    """`which` = "pfm" or "reference": the model with the seed-0 official-layout weights."""
+def _models(size: str, which: str, backend: str = "sdpa"):
+    """`which` = "pfm" (attention `backend`) or "reference": the model with the seed-0 official-layout weights."""
     from pfm.models import GPhyT
 
     ref = _reference(size)
-    return ref if which == "reference" else GPhyT.from_official(ref.state_dict(), size=size)
+    if which == "reference":
+        return ref
+    return GPhyT.from_official(ref.state_dict(), size=size, attention_backend=backend)
 
 
 def _cpu_worker(
-    size: str, which: str, phase: str, batch: int, steps: int, warmup: int, threads: int | None
+    size: str,
+    which: str,
+    phase: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    threads: int | None,
+    backend: str = "sdpa",
 ) -> dict:
     """Time `steps` calls of one (model, phase) in this process; return ms per call and peak memory."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    model = _models(size, which)
+    model = _models(size, which, backend)
     torch.manual_seed(1)
     x = torch.randn(batch, FRAMES, *GRID, FIELDS)
     target = torch.randn(batch, 1, *GRID, FIELDS)
@@ -316,7 +325,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--bf16", action="store_true", help="CUDA: bf16 autocast")
     parser.add_argument(
-        "--attention-backend", default="sdpa", choices=["sdpa", "xformers"], help="xformers: CUDA"
+        "--attention-backend",
+        default="sdpa",
+        choices=["sdpa", "math", "xformers"],
+        help="pfm's attention (xformers: CUDA)",
     )
     parser.add_argument(
         "--throughput",
@@ -345,8 +357,8 @@ def main() -> None:
 
     print(
         f"GPhyT-{size}, input ({batch}, {FRAMES}, {GRID[0]}, {GRID[1]}, {FIELDS}), fp32, {steps} timed calls after "
-        f"{warmup} warm-up, torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads; "
-        "memory = peak RSS above the pre-call baseline"
+        f"{warmup} warm-up, torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, pfm "
+        f"attention {args.attention_backend}; memory = peak RSS above the pre-call baseline"
     )
     header = f"{'phase':>8} | {'pfm ms':>8} {'ref ms':>8} {'speed-up':>8} | {'pfm CPU ms':>10} {'ref CPU ms':>10} {'ratio':>6} | {'pfm MiB':>8} {'ref MiB':>8}"
     print(header)
@@ -362,6 +374,7 @@ def main() -> None:
                 steps=steps,
                 warmup=warmup,
                 threads=args.threads,
+                backend=args.attention_backend,
             )
             results[which] = run_worker(__file__, config)
         p, r = results["pfm"], results["reference"]
