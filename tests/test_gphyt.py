@@ -348,6 +348,18 @@ def test_tokenizer_embed_equals_the_features_path(patch, sides, frames) -> None:
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_finiteness_check_is_exact() -> None:
+    """The one-reduction check rejects any NaN/Inf and does not mistake an overflowing sum for one."""
+    from pfm.models.gphyt import _all_finite
+
+    x = torch.full((2, 4, 8, 8, 5), 3e38)  # finite, but the sum overflows to inf
+    assert _all_finite(x)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = torch.randn(2, 4, 8, 8, 5)
+        y[1, 2, 3, 4, 0] = bad
+        assert not _all_finite(y)
+
+
 def test_integrators_follow_the_documented_schemes(small) -> None:
     model = small[0]
     x = torch.randn(1, 3, 32, 32, 5)
