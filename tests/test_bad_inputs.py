@@ -29,13 +29,8 @@ from pfm.checkpoints import export_checkpoint, resolve_resume
 from pfm.config_check import check_config, config_problems, merge_trainer_devices
 from pfm.data import ShardDataModule
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small FFTs and models on a shared 2-core machine: one torch thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _compose(overrides: list[str]) -> DictConfig:

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from datagen.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small FFTs on a shared 2-core machine: one thread avoids OpenMP contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small FFTs and models on a shared 2-core machine: one torch thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_list(capsys) -> None:

@@ -17,14 +17,8 @@ from datagen import FamilySpec, ShardPool, get_pde, known_pdes, make_stepper
 from datagen.ic import gaussian_random_field
 from datagen.spectral import Grid, spectral_ops
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small FFTs on a shared 2-core machine: one thread avoids OpenMP contention (40x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small FFTs and models on a shared 2-core machine: one torch thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CONFIGS = sorted((Path(__file__).parents[1] / "conf" / "data" / "pde").glob("*.yaml"))

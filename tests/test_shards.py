@@ -20,13 +20,8 @@ DIFFUSION = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small FFTs on a shared 2-core machine: one thread avoids OpenMP contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small FFTs and models on a shared 2-core machine: one torch thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_round_trip_matches_online_stream(tmp_path) -> None:

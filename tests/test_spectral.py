@@ -12,14 +12,8 @@ from datagen import get_pde, make_stepper
 from datagen.ic import gaussian_random_field
 from datagen.spectral import ETDRKStepper, Grid, etdrk_coefficients, spectral_ops
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small FFTs on a shared 2-core machine: one thread avoids OpenMP contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small FFTs and models on a shared 2-core machine: one torch thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _field(grid: Grid, seed: int = 0) -> torch.Tensor:
