@@ -2,11 +2,20 @@
 
 It yields the batches the online DataModules yield for the same configuration: ``input`` and ``pde`` (plus
 ``target``, ``channel_mask`` for pairs and windows), standardized per sample for crops when asked.
+
+Resume: without ``resampled`` every epoch reads the shards in the same order, so the stream's position is
+(epoch, batches trained in it); ``state_dict()`` holds it as of the last *trained* batch (counted when the
+Trainer takes a batch for a step, so batches read ahead by the fetcher or by workers do not count). A resumed
+run reads and drops the batches of the current epoch it already trained, then goes on: the same batches in the
+same order as an uninterrupted run, at the cost of re-reading at most one epoch. A ``resampled`` stream draws
+shards with webdataset's unseeded sampler and is not resumed exactly (a warning says so).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +26,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from datagen.shards import decode_sample
 
 __all__ = ["ShardDataModule"]
+
+log = logging.getLogger(__name__)
 
 
 def _collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -59,6 +70,10 @@ class ShardDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.standardize = standardize and self.format["kind"] == "crops"
         self.val_path = val_path
+        self._epoch = 0  # epochs begun by the training loader, counting from 0
+        self._trained = 0  # batches of the current epoch taken by the Trainer for a step
+        self._num_iterations = 0
+        self._resume_at: tuple[int, int] | None = None
 
     @property
     def pde_names(self) -> list[str]:
@@ -107,11 +122,67 @@ class ShardDataModule(L.LightningDataModule):
             )
         return batch
 
-    def train_dataloader(self) -> DataLoader:
-        """Batches of the training shards."""
-        return DataLoader(self.dataset(), batch_size=None, num_workers=self.num_workers)
+    def train_dataloader(self) -> _ResumableLoader:
+        """Batches of the training shards, from the position after the last trained batch on a resume."""
+        loader = DataLoader(self.dataset(), batch_size=None, num_workers=self.num_workers)
+        return _ResumableLoader(self, loader)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A training batch counts as trained when the Trainer takes it for a step (validation ones do not)."""
+        if self.trainer is not None and self.trainer.training:
+            self._trained += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        """The stream's position after the last trained batch: ``{"epoch", "batch"}``."""
+        return {"epoch": self._epoch, "batch": self._trained}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the training stream just after the last trained batch of a checkpoint."""
+        if not state_dict:
+            return  # a checkpoint written before shard streams had a state: the stream restarts
+        if set(state_dict) != {"epoch", "batch"}:
+            raise ValueError(
+                f"the checkpoint's data state has keys {sorted(state_dict)}, expected ['batch', 'epoch'] of "
+                "a data=shards run; it was written by another data module. Start a new run from its weights "
+                "with init_from=<checkpoint> instead of resuming."
+            )
+        if self.resampled:
+            log.warning(
+                "data.resampled=true draws shards at random without a seed; the resumed run reads other "
+                "batches than an uninterrupted one would (exact resume needs data.resampled=false)."
+            )
+        self._resume_at = (int(state_dict["epoch"]), int(state_dict["batch"]))
 
     def val_dataloader(self) -> DataLoader:
         """Batches of ``val_path``'s shards (or the training shards when none is given)."""
         urls = sorted(str(p) for p in Path(self.val_path).glob("*.tar")) if self.val_path else None
         return DataLoader(self.dataset(urls), batch_size=None, num_workers=0)
+
+
+class _ResumableLoader:
+    """The training DataLoader; each iteration is an epoch, and the first after a restore skips what was trained."""
+
+    def __init__(self, module: ShardDataModule, loader: DataLoader) -> None:
+        self.module = module
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        module = self.module
+        skip = 0
+        if module._resume_at is not None:
+            (module._epoch, skip), module._resume_at = module._resume_at, None
+        elif module._num_iterations > 0:
+            module._epoch += 1
+        module._num_iterations += 1
+        module._trained = skip
+        batches = iter(self.loader)
+        for index in range(skip):
+            if next(batches, None) is None:  # the checkpoint was taken at the end of its epoch
+                log.info(
+                    "Resume: epoch %d ended after %d batches; starting the next one.", module._epoch, index
+                )
+                module._epoch, module._trained = module._epoch + 1, 0
+                batches = iter(self.loader)
+                break
+        yield from batches
