@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every GPU check the open issues name, in one run of about 8 minutes on one GPU (an H200 took 10 of its
+# 15-minute budget with the start-up). Run from the repository root on a machine with CUDA, torch and pfm
+# (`make setup CUDA=1`, or an image with torch plus `pip install --no-deps` of what it lacks):
+#   bash benchmarks/gpu_checks.sh
+# Prints each figure beside its reference. Each step has its own timeout, so one slow check does not eat the
+# others' time.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false DS_BUILD_OPS=0
+py="${PYTHON:-python3}"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+uptime
+t0=$(date +%s)
+stamp() { echo "== t=$(( $(date +%s) - t0 )) s: $*"; }
+
+stamp "prefetch state on CUDA (tests/test_data_stream.py -k cuda)"
+timeout 120 "$py" -m pytest -q -p no:cacheprovider tests/test_data_stream.py -k cuda 2>&1 | tail -3
+
+stamp "datagen: pfm plain and CUDA-graph steps vs exponax (issue 12: every family >= 1.0x)"
+timeout 160 "$py" benchmarks/datagen.py --device cuda --n 64 128 --batch 4 --steps 20 --compare-only \
+    --cases burgers kuramoto_sivashinsky diffusion 2>&1 | grep -v -i warn
+
+stamp "data wait, tadpole_pretrain, prefetch off then on (issue 12: < 0.05)"
+timeout 170 "$py" benchmarks/data_wait.py --device cuda --experiment tadpole_pretrain --steps 40 --skip 10 \
+    -- logger=csv 2>&1 | tail -8
+
+stamp "GPhyT: S fp32 numerics on CUDA (folded tokenizer) vs the reference, then GPhyT-M bf16 throughput and MFU"
+timeout 90 "$py" benchmarks/gphyt.py --device cuda --size M --bf16 --batch 32 --steps 20 2>&1 | grep -v -i warn | tail -15
+
+stamp "PLaTITO-3M rollouts vs the official-style reference"
+timeout 60 "$py" benchmarks/tito.py --device cuda 2>&1 | grep -v -i warn | tail -6
+
+stamp "done"
