@@ -20,9 +20,10 @@ stamp "datagen: pfm plain and CUDA-graph steps vs exponax (issue 12: every famil
 timeout 160 "$py" benchmarks/datagen.py --device cuda --n 64 128 --batch 4 --steps 20 --compare-only \
     --cases burgers kuramoto_sivashinsky diffusion 2>&1 | grep -v -i warn
 
-stamp "data wait, tadpole_pretrain, prefetch off then on (issue 12: < 0.05)"
+stamp "data wait, tadpole_pretrain, prefetch off then on, pools advanced every 4 batches (issue 12: < 0.05;"
+echo "   with every batch advancing, an H200 gave 0.71 off and 0.48 on, benchmarks/README.md)"
 timeout 170 "$py" benchmarks/data_wait.py --device cuda --experiment tadpole_pretrain --steps 40 --skip 10 \
-    -- logger=csv 2>&1 | tail -8
+    -- logger=csv data.batches_per_advance=4 2>&1 | tail -8
 
 stamp "GPhyT: S fp32 numerics on CUDA (folded tokenizer) vs the reference, then GPhyT-M bf16 throughput and MFU"
 timeout 90 "$py" benchmarks/gphyt.py --device cuda --size M --bf16 --batch 32 --steps 20 2>&1 | grep -v -i warn | tail -15

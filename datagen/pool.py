@@ -250,6 +250,7 @@ class ShardPool:
         self.seed = seed
         self.shard = shard
         self.step = 0
+        self.num_draws = 0  # sample_* calls since the last advance: each gets its own random stream
         self.num_rejected = 0
         g = self._generator("init")
         for fam in self.families:
@@ -279,6 +280,7 @@ class ShardPool:
             self.num_rejected += int(bad.sum())
             fam.reset(torch.nonzero(refresh | bad).flatten(), g)
         self.step += 1
+        self.num_draws = 0
 
     def _check_crop(self, crop: int | None) -> None:
         if crop is not None and crop > self.n:
@@ -288,7 +290,9 @@ class ShardPool:
             )
 
     def _draw_sources(self, batch: int, purpose: str) -> tuple[torch.Generator, list[tuple[int, int]]]:
-        g = self._generator(purpose)
+        # the first draw after an advance keeps the plain purpose, so one draw per step is the stream it always was
+        g = self._generator(purpose if self.num_draws == 0 else f"{purpose}#{self.num_draws}")
+        self.num_draws += 1
         weights = torch.tensor([f.spec.weight for f in self.families], device=self.device)
         family_index = torch.multinomial(weights, batch, replacement=True, generator=g).tolist()
         rows = [
@@ -416,6 +420,7 @@ class ShardPool:
     def _state(self, copy) -> dict[str, object]:
         return {
             "step": self.step,
+            "num_draws": self.num_draws,
             "num_rejected": self.num_rejected,
             "families": [
                 {
@@ -451,4 +456,5 @@ class ShardPool:
             if fam.varying:
                 fam._refresh_weights(torch.arange(fam.count, device=self.device))
         self.step = int(state["step"])
+        self.num_draws = int(state.get("num_draws", 0))  # states saved before draws were counted: 0
         self.num_rejected = int(state["num_rejected"])

@@ -120,3 +120,37 @@ def test_prefetch_thread_keeps_the_training_threads_and_reraises_errors() -> Non
 def test_bad_prefetch_threads_is_named() -> None:
     with pytest.raises(ValueError, match=r"data\.prefetch_threads=0"):
         _module(prefetch_threads=0)
+
+
+def test_batches_per_advance_draws_other_crops_of_the_same_states_and_resumes() -> None:
+    """``batches_per_advance=3``: the pools step once per 3 batches, each batch differs, and a state saved in
+    the middle of a group resumes the same stream; 1 (the default) is the stream of one draw per step."""
+    plain, grouped = _module(prefetch=False), _module(prefetch=False, batches_per_advance=3)
+    plain.setup()
+    grouped.setup()
+    ones = [plain.next_batch()["input"] for _ in range(2)]
+    batches = []
+    for _ in range(7):
+        batches.append(grouped.next_batch()["input"])
+        if len(batches) == 1:
+            assert torch.equal(batches[0], ones[0]), "the first draw after an advance is the one-draw stream"
+    assert {pool.step for pool in grouped.pools} == {3}  # advanced before batches 1, 4 and 7
+    assert not any(torch.equal(a, b) for i, a in enumerate(batches) for b in batches[i + 1 :])
+    assert not torch.equal(batches[1], ones[1]), "batch 2 is drawn from the first state, not a new one"
+    # a state saved after batch 5 (the second of its group) resumes with batches 6 and 7
+    again = _module(prefetch=False, batches_per_advance=3)
+    again.setup()
+    for _ in range(5):
+        again.next_batch()
+    state = again.state_dict()
+    assert {pool["num_draws"] for pool in state["pools"].values()} == {2}
+    resumed = _module(prefetch=False, batches_per_advance=3)
+    resumed.load_state_dict(state)
+    resumed.setup()
+    for want in batches[5:]:
+        assert torch.equal(resumed.next_batch()["input"], want)
+
+
+def test_batches_per_advance_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="batches_per_advance=0"):
+        _module(batches_per_advance=0)

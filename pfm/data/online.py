@@ -52,6 +52,7 @@ class OnlineCropDataModule(PoolStream, L.LightningDataModule):
         num_trajectories: int = 8,
         refresh_fraction: float = 0.1,
         steps_per_batch: int = 1,
+        batches_per_advance: int = 1,
         num_data_shards: int | None = None,
         num_val_batches: int = 2,
         val_burn_in_steps: int = 20,
@@ -84,6 +85,12 @@ class OnlineCropDataModule(PoolStream, L.LightningDataModule):
         self.crop = crop
         self.batch_size = batch_size
         self.steps_per_batch = steps_per_batch
+        if batches_per_advance < 1:
+            raise ValueError(
+                f"data.batches_per_advance={batches_per_advance}; expected >= 1 batches drawn from each "
+                "advanced pool state (1: advance before every batch)."
+            )
+        self.batches_per_advance = batches_per_advance
         self.num_data_shards = num_data_shards
         self.num_val_batches = num_val_batches
         self.val_burn_in_steps = val_burn_in_steps
@@ -202,8 +209,11 @@ class OnlineCropDataModule(PoolStream, L.LightningDataModule):
         start = time.perf_counter()
         parts = []
         for pool in self.pools:
-            for _ in range(self.steps_per_batch):
-                pool.advance()
+            # advance before the first batch and then every batches_per_advance batches; the draws in between
+            # take other crops of the same states (cheaper generation, more correlated batches)
+            if pool.num_draws == 0 or pool.num_draws >= self.batches_per_advance:
+                for _ in range(self.steps_per_batch):
+                    pool.advance()
             parts.append(self.sample(pool, self.samples_per_shard, augment=self.augment))
         batch = self.finish({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
         self.generation_seconds = time.perf_counter() - start
