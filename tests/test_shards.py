@@ -7,18 +7,12 @@ import tarfile
 
 import pytest
 import torch
+from conftest import DIFFUSION, pfm_train
 
 from datagen import FamilySpec
 from datagen.shards import write_shards
+from pfm.checkpoints import read_checkpoint
 from pfm.data import OnlineCropDataModule, ShardDataModule
-
-DIFFUSION = {
-    "name": "diffusion",
-    "dt": 0.01,
-    "coefficients": {"diffusivity": [5e-4, 5e-3]},
-    "log_uniform": ["diffusivity"],
-}
-
 
 # small FFTs and models on a shared 2-core machine: one torch thread (conftest.one_thread)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -130,10 +124,6 @@ def test_state_of_another_module_is_refused(tmp_path) -> None:
 @pytest.mark.parametrize("step", [5, 7])
 def test_pfm_train_on_shards_resumed_ends_bitwise_equal(tmp_path, step: int) -> None:
     """pfm-train with data=shards interrupted after step 5 (an epoch end) or 7, resumed: the same weights."""
-    from conftest import pfm_train
-
-    from pfm.checkpoints import read_checkpoint
-
     _write_crops(tmp_path / "shards")
     args = ["model=conv_vae", "data=shards", f"data.path={tmp_path / 'shards'}", "data.batch_size=2"]
     args += ["trainer.max_steps=9", "trainer.val_check_interval=4", "+trainer.limit_val_batches=1"]
