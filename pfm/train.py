@@ -7,7 +7,6 @@ loading use too. Nothing imports this module.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import hydra
@@ -17,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from pfm.build import CONF_DIR, build_task, run_info
-from pfm.callbacks import ExamplePlot, LossCurvePlot, StepProgressBar, ThroughputMonitor
+from pfm.callbacks import ExamplePlot, FitSummary, LossCurvePlot, StepProgressBar, ThroughputMonitor
 from pfm.callbacks.preemption import Preemption
 from pfm.checkpoints import PeriodicCheckpoint, check_compatible, resolve_resume
 from pfm.config_check import check_config, merge_trainer_devices
@@ -59,6 +58,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
         ),
         ThroughputMonitor(),
         GlobalLoss(),
+        FitSummary(),  # the closing line: steps and wall time of this fit, last validation figures
         # after PeriodicCheckpoint: on SIGUSR1/SIGTERM it saves through it at the next step, then requeues
         instantiate(cfg.preemption) if cfg.get("preemption") else Preemption(),
     ]
@@ -81,30 +81,14 @@ def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
     log.info("Model: %s parameters, %s trainable", f"{num_params:,}", f"{num_trainable:,}")
     for logger in trainer.loggers:
         logger.log_hyperparams({"num_parameters": num_params, "num_trainable_parameters": num_trainable})
-    start_step, started = trainer.global_step, time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
     if trainer.is_global_zero:
-        log.info("%s", _summary(trainer, start_step, time.perf_counter() - started))
         log.info("Run folder: %s", output_dir)
         log.info("  checkpoints: %s", checkpoint_dir)
         log.info("  metrics:     %s", output_dir / "csv" / "metrics.csv")
         if cfg.plots:
             log.info("  pictures:    %s", ", ".join(str(p) for p in sorted(output_dir.glob("*.png"))))
     return trainer
-
-
-def _summary(trainer: L.Trainer, start_step: int, seconds: float) -> str:
-    """One line for the end of a run: steps and wall time of the fit, and the last validation figures."""
-    steps = trainer.global_step - start_step
-    minutes, secs = divmod(round(seconds), 60)
-    line = f"Trained {steps} steps in {minutes} min {secs:02d} s (fit wall time, validation included)"
-    metrics = {
-        k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1
-    }
-    headline = {k: v for k, v in metrics.items() if k.count("/") == 1} or metrics
-    if headline:
-        line += "; last validation: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(headline.items()))
-    return line
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")

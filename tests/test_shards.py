@@ -138,6 +138,8 @@ def test_pfm_train_on_shards_resumed_ends_bitwise_equal(tmp_path, step: int) -> 
     (interrupted / "checkpoints" / name).write_bytes((reference / "checkpoints" / name).read_bytes())
     result = pfm_train([*args, "resume=auto"], interrupted, full_error=True)
     assert result.returncode == 0, result.stderr[-4000:]
+    # the closing line counts the steps of this fit only, not those before the resume
+    assert f"Trained {9 - step} steps in " in (interrupted / "train.log").read_text()
     want = read_checkpoint(reference / "checkpoints" / "last.ckpt")
     got = read_checkpoint(interrupted / "checkpoints" / "last.ckpt")
     assert got["global_step"] == want["global_step"] == 9

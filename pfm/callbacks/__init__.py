@@ -1,10 +1,10 @@
 """Lightning callbacks: plots, throughput monitoring and the step progress bar.
 
-Public names: ``LossCurvePlot``, ``ExamplePlot``, ``ThroughputMonitor``, ``StepProgressBar``.
+Public names: ``LossCurvePlot``, ``ExamplePlot``, ``ThroughputMonitor``, ``StepProgressBar``, ``FitSummary``.
 """
 
 from pfm.callbacks.plots import ExamplePlot, LossCurvePlot
-from pfm.callbacks.progress import StepProgressBar
+from pfm.callbacks.progress import FitSummary, StepProgressBar
 from pfm.callbacks.throughput import ThroughputMonitor
 
-__all__ = ["ExamplePlot", "LossCurvePlot", "StepProgressBar", "ThroughputMonitor"]
+__all__ = ["ExamplePlot", "FitSummary", "LossCurvePlot", "StepProgressBar", "ThroughputMonitor"]

@@ -1,4 +1,4 @@
-"""``StepProgressBar``: a progress bar counting optimizer steps out of ``max_steps``.
+"""``StepProgressBar``: a progress bar counting optimizer steps out of ``max_steps``; ``FitSummary``: one closing line.
 
 pfm trains one endless epoch over an iterable stream, so Lightning's bars, which count epochs and batches per
 epoch, show no total (batches) and a negative last epoch ("Epoch 0/-2", from ``max_epochs=-1``).
@@ -6,12 +6,16 @@ epoch, show no total (batches) and a negative last epoch ("Epoch 0/-2", from ``m
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-__all__ = ["StepProgressBar"]
+__all__ = ["FitSummary", "StepProgressBar"]
+
+log = logging.getLogger(__name__)
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -41,3 +45,32 @@ class StepProgressBar(TQDMProgressBar):
                 bar.n = step
                 bar.refresh()
             bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
+class FitSummary(L.Callback):
+    """Log one line when training ends: steps trained in this fit (a resumed run counts from its step), their
+    wall time (validation included), and the last validation figures."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Note the step (restored by now on a resume) and the time training starts."""
+        self.start_step, self.started = trainer.global_step, time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the summary on rank 0."""
+        if trainer.is_global_zero:
+            log.info("%s", self.summary(trainer, time.perf_counter() - self.started))
+
+    def summary(self, trainer: L.Trainer, seconds: float) -> str:
+        """``Trained N steps in M min S s (...); last validation: val/...=...``."""
+        minutes, secs = divmod(round(seconds), 60)
+        line = f"Trained {trainer.global_step - self.start_step} steps in {minutes} min {secs:02d} s"
+        line += " (training wall time, validation included)"
+        metrics = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("val/") and v.numel() == 1
+        }
+        headline = {k: v for k, v in metrics.items() if k.count("/") == 1} or metrics
+        if headline:
+            line += "; last validation: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(headline.items()))
+        return line
