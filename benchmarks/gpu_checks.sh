@@ -15,6 +15,7 @@ stamp() { echo "== t=$(( $(date +%s) - t0 )) s: $*"; }
 
 stamp "prefetch state on CUDA (tests/test_data_stream.py -k cuda)"
 timeout 120 "$py" -m pytest -q -p no:cacheprovider tests/test_data_stream.py -k cuda 2>&1 | tail -3
+stamp "pool steps through CUDA graphs: bitwise the plain frames, one capture per family across refreshes and a resume (tests/test_pool_graphs.py -k cuda)"; timeout 120 "$py" -m pytest -q -p no:cacheprovider tests/test_pool_graphs.py -k cuda 2>&1 | tail -3
 
 stamp "datagen: pfm plain and CUDA-graph steps vs exponax (issue 12: every family >= 1.0x)"
 timeout 160 "$py" benchmarks/datagen.py --device cuda --n 64 128 --batch 4 --steps 20 --compare-only \

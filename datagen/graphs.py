@@ -5,14 +5,16 @@ batch each kernel runs for microseconds and the GPU waits on Python and kernel l
 ``stepper(u, num_steps)`` call once per input shape and replaying it removes that overhead while running the
 very same kernels, so the numbers are bitwise those of the plain call (the benchmark prints the difference).
 
-Per-sample coefficients stay inputs: the graph reads the stepper's weight tensors in place, so updates
-written into them (``ETDRKStepper.set_rows``) are seen by the next replay; a stepper whose weight tensors or
-nonlinear term are *replaced* (``expand_rows``, a new ``nonlinear``) is captured again.
+Per-sample coefficients stay inputs: the graph reads the stepper's weight tensors, the nonlinear term's
+``buffers`` and any ``inputs`` (e.g. a pool's coefficient tensors, which its nonlinear terms read at call
+time) in place, so values written into them (``ETDRKStepper.set_rows``, ``values[key][rows] = ...``) are
+seen by the next replay. A stepper whose tensors or nonlinear term are *replaced* (``expand_rows``, a new
+``nonlinear``) is captured again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -23,28 +25,40 @@ class CudaGraphStepper:
     """Wraps a stepper ``f(u, num_steps) -> u`` (``(batch, channels, *grid)``); on CUDA it replays a graph.
 
     On other devices, or while another graph is being captured, it calls the stepper directly. Each distinct
-    (shape, dtype, device, num_steps, weights, nonlinear term) is captured once, after ``num_warmup`` plain
-    calls on a side stream (FFT plans and the allocator settle there); only the newest capture is kept, since
-    a pool steps the same shape every batch.
+    (shape, dtype, device, num_steps, weights, nonlinear term and its buffers, ``inputs()``) is captured once,
+    after ``num_warmup`` plain calls on a side stream (FFT plans and the allocator settle there); only the
+    newest capture is kept, since a pool steps the same shape every batch. ``inputs`` returns the other
+    tensors the stepper reads (their replacement, unlike an in-place write, forces a new capture).
     """
 
-    def __init__(self, stepper: Callable[..., torch.Tensor], num_warmup: int = 2) -> None:
+    def __init__(
+        self,
+        stepper: Callable[..., torch.Tensor],
+        num_warmup: int = 2,
+        inputs: Callable[[], Sequence[torch.Tensor]] | None = None,
+    ) -> None:
         self.stepper = stepper
         self.num_warmup = num_warmup
+        self.inputs = inputs
         self._key: tuple | None = None
         self._graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
         self.num_captures = 0
 
     def _signature(self, u: torch.Tensor, num_steps: int) -> tuple:
-        tensors = getattr(self.stepper, "tensors", lambda: [])()
+        tensors = list(getattr(self.stepper, "tensors", lambda: [])())
         nonlinear = getattr(self.stepper, "nonlinear", None)
+        tensors += list(getattr(nonlinear, "buffers", {}).values())
+        tensors += list(self.inputs() if self.inputs is not None else [])
+        # The key holds the term and the tensors themselves, not their ids or addresses alone: a graph reads
+        # raw addresses, so what it reads must stay alive, and a freed tensor's address (or a freed closure's
+        # id) may be handed to a new one, which a key of numbers would take for the old.
         return (
             tuple(u.shape),
             u.dtype,
             u.device,
             num_steps,
-            id(nonlinear),
-            tuple(t.data_ptr() for t in tensors),
+            nonlinear,
+            tuple((t, t.data_ptr(), tuple(t.shape), t.stride()) for t in tensors),
         )
 
     def __call__(self, u: torch.Tensor, num_steps: int = 1) -> torch.Tensor:
@@ -53,7 +67,7 @@ class CudaGraphStepper:
             return self.stepper(u, num_steps)
         key = self._signature(u, num_steps)
         if self._key is None or not _same(key, self._key):
-            self._graph = None  # free the old capture's memory before making the new one
+            self._graph = self._key = None  # free the old capture's memory before making the new one
             static_in = u.detach().clone()
             side = torch.cuda.Stream(device=u.device)
             side.wait_stream(torch.cuda.current_stream(u.device))
@@ -62,7 +76,9 @@ class CudaGraphStepper:
                     self.stepper(static_in, num_steps)
             torch.cuda.current_stream(u.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # "thread_local": a pool may capture in the prefetch thread while the training thread runs its
+            # own kernels and syncs; the default "global" mode would fail the capture on those calls.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 static_out = self.stepper(static_in, num_steps)
             self._graph, self._key = (graph, static_in, static_out), key
             self.num_captures += 1
@@ -72,7 +88,12 @@ class CudaGraphStepper:
         return static_out.clone()
 
 
-def _same(a: tuple, b: tuple) -> bool:
-    return len(a) == len(b) and all(
-        x is y or (type(x) is type(y) and x == y) for x, y in zip(a, b, strict=True)
-    )
+def _same(a: object, b: object) -> bool:
+    """Equal keys: tuples element by element, tensors and callables by identity, the rest by value."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor) or callable(a) or callable(b):
+        return False
+    return type(a) is type(b) and a == b

@@ -6,6 +6,13 @@ dealiased slab of ``FFT(N(u))``, both ``(batch, channels, ..., num_kept)`` (see 
 the cost of a step, so every builder batches its transforms into one inverse and one forward call on the
 slab, and folds dealiasing into the derivative symbols (``ik_masked_slab``). Signs follow exponax: all terms
 are on the right-hand side, ``u_t = L u + N(u)``.
+
+Coefficients are live inputs: a returned function reads the coefficient tensors it was given when it is
+called, so values written into them in place (a pool drawing new coefficients for some rows) take effect
+without building a new function, and a CUDA graph captured around it stays valid. A coefficient-dependent
+tensor too costly to recompute per call (a forcing in Fourier space: an FFT) is kept instead in the
+function's ``buffers`` dict (name -> tensor with a leading batch axis); whoever writes new coefficients
+copies those rows from a function built for them (``ShardPool`` does).
 """
 
 from __future__ import annotations
@@ -79,13 +86,13 @@ def convection(ops: SpectralOps, scale: torch.Tensor) -> NonlinearFn:
 
 def single_channel_convection(ops: SpectralOps, scale: torch.Tensor) -> NonlinearFn:
     """``N(u) = -scale/2 sum_j d_j (u^2)`` for a scalar ``u`` (exponax single-channel convection)."""
-    # The sum of the derivative symbols, scaled once here instead of on every call.
-    weight = -0.5 * scale * ops.ik_slab.sum(dim=1, keepdim=True)
+    # The sum of the derivative symbols, summed once here; it is scaled on every call, since ``scale`` is live.
+    ik_sum = ops.ik_slab.sum(dim=1, keepdim=True)
     mask = ops.mask_slab
 
     def fn(u_hat: torch.Tensor) -> torch.Tensor:
         u = ops.ifft_slab(u_hat * mask)
-        return weight * ops.fft_slab(u * u)
+        return (-0.5 * scale * ik_sum) * ops.fft_slab(u * u)
 
     return fn
 
@@ -96,19 +103,22 @@ def gradient_norm(ops: SpectralOps, scale: torch.Tensor) -> NonlinearFn:
     One batched inverse FFT of the ``d`` gradient components and one forward FFT per evaluation.
     """
     ikm = ops.ik_masked_slab
-    factor = -0.5 * scale
     d = ops.grid.num_spatial_dims
 
     def fn(u_hat: torch.Tensor) -> torch.Tensor:
         grad = ops.ifft_slab(ikm * u_hat)  # (batch, d, ...) for a single-channel u
         out = ops.fft_slab((grad * grad).sum(dim=1, keepdim=True))
-        return _zero_mean_mode(out.mul_(factor), d)
+        return _zero_mean_mode(out.mul_(-0.5 * scale), d)
 
     return fn
 
 
 def polynomial(ops: SpectralOps, coefficients: list[torch.Tensor | float]) -> NonlinearFn:
-    """``N(u) = sum_p c_p u^p`` (``coefficients[p]`` for power p), evaluated pointwise by Horner's rule."""
+    """``N(u) = sum_p c_p u^p`` (``coefficients[p]`` for power p), evaluated pointwise by Horner's rule.
+
+    The tensors in ``coefficients`` are read at call time: pass the coefficient tensors themselves, not a
+    tensor computed from them (``-r`` would not follow later writes into ``r``).
+    """
     mask = ops.mask_slab
 
     def fn(u_hat: torch.Tensor) -> torch.Tensor:
@@ -139,9 +149,9 @@ def leray_project(ops: SpectralOps, f_hat: torch.Tensor) -> torch.Tensor:
 def projected_rotational_convection(ops: SpectralOps, forcing_hat: torch.Tensor | None = None) -> NonlinearFn:
     """``N(u) = P(u x curl u) + f``: incompressible convection in rotational form (exponax NS velocity).
 
-    ``forcing_hat`` ``(batch|1, 1, *fourier_shape)``, if given, is a divergence-free forcing of channel 0. 3D:
-    6 inverse and 3 forward channel-FFTs per evaluation; the Leray projection P removes the gradient part
-    (pressure and kinetic energy) in Fourier space.
+    ``forcing_hat`` ``(batch|1, 1, *fourier_shape)``, if given, is a divergence-free forcing of channel 0, kept
+    (cut to the slab) in ``fn.buffers["forcing"]``. 3D: 6 inverse and 3 forward channel-FFTs per evaluation;
+    the Leray projection P removes the gradient part (pressure and kinetic energy) in Fourier space.
     """
     d = ops.grid.num_spatial_dims
     ik, ikm, mask = ops.ik_slab, ops.ik_masked_slab, ops.mask_slab
@@ -157,13 +167,19 @@ def projected_rotational_convection(ops: SpectralOps, forcing_hat: torch.Tensor 
             out[:, 0:1] += forcing
         return out
 
+    if forcing is not None:
+        fn.buffers = {"forcing": forcing}
     return fn
 
 
 def vorticity_convection(
     ops: SpectralOps, scale: torch.Tensor, forcing_hat: torch.Tensor | None = None
 ) -> NonlinearFn:
-    """2D ``N(w) = -scale (u . grad) w + f`` with ``u = (d_y psi, -d_x psi)``, ``psi = lap^-1 w`` (exponax)."""
+    """2D ``N(w) = -scale (u . grad) w + f`` with ``u = (d_y psi, -d_x psi)``, ``psi = lap^-1 w`` (exponax).
+
+    ``forcing_hat`` ``(batch|1, 1, *fourier_shape)``, if given, is kept (cut to the slab) in
+    ``fn.buffers["forcing"]``.
+    """
     ikm = ops.ik_masked_slab
     # Velocity symbols from the vorticity: (i k_y, -i k_x) / lap, with dealiasing folded in.
     velocity = torch.cat((ikm[:, 1:2], -ikm[:, 0:1]), dim=1) * ops.inverse_laplacian_slab
@@ -175,4 +191,6 @@ def vorticity_convection(
         out = ops.fft_slab(transport).mul_(-scale)
         return out if forcing is None else out + forcing
 
+    if forcing is not None:
+        fn.buffers = {"forcing": forcing}
     return fn

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from datagen.augment import draw_transform, periodic_crop, transform
+from datagen.graphs import CudaGraphStepper
 from datagen.ic import make_initial_condition
 from datagen.pdes import check_limits, get_pde
 from datagen.seeding import generator
@@ -101,6 +102,11 @@ class _FamilyState:
     ``frames`` is a ring buffer ``(history, num_trajectories, channels, *grid)``; ``frames[head]`` is the
     newest frame. Coefficients that vary per trajectory are stored per row; fixed ones once, so that the
     ETDRK weights (6 complex tensors of the Fourier grid for ETDRK4) are shared when nothing varies.
+
+    New coefficients are written into the existing tensors (``values``, the stepper's weights, the
+    nonlinear term's ``buffers``), never into new ones: the nonlinear term reads ``values`` at call time, so
+    one term serves the family's whole life, and with ``graphs`` the CUDA graph of :meth:`advance` is
+    captured once and replayed with whatever the tensors hold.
     """
 
     def __init__(
@@ -111,6 +117,7 @@ class _FamilyState:
         history: int,
         max_abs: float = 1e4,
         check: bool = True,
+        graphs: bool = True,
     ) -> None:
         self.spec = spec
         self.max_abs = max_abs
@@ -134,9 +141,15 @@ class _FamilyState:
         self.stepper = build_stepper(
             self.pde, grid, self.values if self.linear_varying else corners[0], spec.dt, spec.order
         )
-        self._rebuild_nonlinear()
+        if not self.pde.is_linear:
+            # built once, on the pool's own coefficient tensors (the stepper's may be a corner's)
+            self.stepper.nonlinear = self.pde.nonlinear(self.ops, **self.values)
         if self.linear_varying:
             self.stepper.expand_rows(num_trajectories)
+        # Steps every trajectory in advance(); on CUDA a replayed graph (same kernels, bitwise the same). Its
+        # inputs are the coefficient tensors the nonlinear term reads (the dict's own method, not a lambda on
+        # self: no reference cycle, so a dropped pool, e.g. a validation pool, frees its graph at once).
+        self.step_all = CudaGraphStepper(self.stepper, inputs=self.values.values) if graphs else self.stepper
         shape = (history, num_trajectories, self.num_channels, *grid.spatial_shape)
         self.frames = torch.zeros(shape, device=grid.device)
         self.head = 0
@@ -146,10 +159,6 @@ class _FamilyState:
     def current(self) -> torch.Tensor:
         """The newest frame of every trajectory, ``(num_trajectories, channels, *grid)``."""
         return self.frames[self.head]
-
-    def _rebuild_nonlinear(self) -> None:
-        if not self.pde.is_linear:
-            self.stepper.nonlinear = self.pde.nonlinear(self.ops, **self.values)
 
     def reset(self, rows: torch.Tensor, g: torch.Generator) -> None:
         """New coefficients and initial conditions for ``rows``; warm up and fill their history."""
@@ -181,7 +190,22 @@ class _FamilyState:
         if self.stepper.num_rows > 1:  # the linear part depends on per-row values
             linear = linear.expand(rows.numel(), *linear.shape[1:])
             self.stepper.set_rows(rows.tolist(), linear)
-        self._rebuild_nonlinear()
+        # The nonlinear term reads self.values when called; only tensors it derived from them need rows.
+        buffers = getattr(self.stepper.nonlinear, "buffers", None) or {}
+        for name, target in buffers.items():
+            if target.shape[0] != self.count:
+                raise RuntimeError(
+                    f"PDE {self.spec.name!r}: nonlinear buffer {name!r} has {target.shape[0]} rows; expected "
+                    f"one per trajectory ({self.count}), so that new coefficients can be written row by row. "
+                    "Fix the family's nonlinear(): derive buffers from the per-row coefficient tensors."
+                )
+        for row in rows.tolist() if buffers else []:
+            # One row at a time, like set_rows: a row's buffers must not depend on which rows were refreshed
+            # with it (batched FFTs may round differently), or a resumed pool would differ.
+            one = {k: v[row : row + 1] if v.shape[0] > 1 else v for k, v in self.values.items()}
+            fresh = self.pde.nonlinear(self.ops, **one)
+            for name, target in buffers.items():
+                target[row] = fresh.buffers[name][0]
 
     def _stepper_for(self, rows: torch.Tensor):
         if rows.numel() == self.count and bool((rows == torch.arange(self.count, device=rows.device)).all()):
@@ -194,7 +218,7 @@ class _FamilyState:
 
     def advance(self) -> torch.Tensor:
         """Step every trajectory by one frame; returns the mask ``(num_trajectories,)`` of blown-up ones."""
-        new = self.stepper(self.current, self.spec.substeps)
+        new = self.step_all(self.current, self.spec.substeps)
         self.head = (self.head + 1) % self.history
         self.frames[self.head] = new
         self.times += self.spec.dt * self.spec.substeps
@@ -211,7 +235,10 @@ class ShardPool:
     """The trajectories of one data shard: for each family, ``num_trajectories`` fields on ``device``.
 
     Each family's dt and coefficient ranges are checked against its stability/resolution limits when the
-    pool is built (``check=False`` skips that, e.g. to test the rejection of blown-up trajectories).
+    pool is built (``check=False`` skips that, e.g. to test the rejection of blown-up trajectories). With
+    ``graphs`` (default) :meth:`advance` replays one captured CUDA graph per family on a CUDA device
+    (:class:`datagen.graphs.CudaGraphStepper`: the same kernels, so bitwise the same frames, without the
+    launch overhead); ``graphs=False`` calls the solver directly. On other devices both are the same call.
     """
 
     def __init__(
@@ -229,6 +256,7 @@ class ShardPool:
         seed: int = 0,
         shard: int = 0,
         device: torch.device | str = "cpu",
+        graphs: bool = True,
     ) -> None:
         if not families:
             raise ValueError("No PDE families given; expected at least one FamilySpec.")
@@ -242,7 +270,7 @@ class ShardPool:
         self.families = []
         for spec in families:
             grid = Grid(num_spatial_dims, n, spec.length or length, device)
-            self.families.append(_FamilyState(spec, grid, num_trajectories, history, max_abs, check))
+            self.families.append(_FamilyState(spec, grid, num_trajectories, history, max_abs, check, graphs))
         self.device = device
         self.history = history
         self.refresh_fraction = refresh_fraction
@@ -395,10 +423,11 @@ class ShardPool:
         return {"input": x[:, 0].contiguous(), "target": x[:, -1].contiguous(), **windows}
 
     def memory_bytes(self) -> int:
-        """Bytes held by frames, coefficients and ETDRK weights of this shard."""
+        """Bytes held by frames, coefficients, ETDRK weights and nonlinear buffers of this shard."""
         total = 0
         for fam in self.families:
-            tensors = [fam.frames, fam.times, *fam.values.values(), *fam.stepper.tensors()]
+            buffers = getattr(fam.stepper.nonlinear, "buffers", None) or {}
+            tensors = [fam.frames, fam.times, *fam.values.values(), *fam.stepper.tensors(), *buffers.values()]
             total += sum(t.numel() * t.element_size() for t in tensors)
         return total
 

@@ -85,7 +85,12 @@ class PDE:
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         """Returns ``u_slab -> FFT(N(u))`` on the dealiased slab ``(batch, channels, ..., ops.num_kept)``.
 
-        See :class:`~datagen.spectral.SpectralOps`; unused when ``is_linear``.
+        See :class:`~datagen.spectral.SpectralOps`; unused when ``is_linear``. The function must read the
+        coefficient tensors it is given when it is *called*, not values derived from them at build time: a
+        pool writes new per-row coefficients into those tensors in place and keeps the function (and its CUDA
+        graph). A derived tensor too costly to recompute per call goes in the function's ``buffers`` dict
+        (name -> tensor with one row per sample), which the pool refreshes row by row (see
+        ``datagen/nonlinear.py``). ``tests/test_pool_graphs.py`` checks every registered family.
         """
         raise NotImplementedError
 

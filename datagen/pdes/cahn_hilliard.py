@@ -58,8 +58,9 @@ class CahnHilliard(PDE):
     ) -> Callable:
         """``nu Δ(c3 u^3)``."""
         cubic = polynomial(ops, [0.0, 0.0, 0.0, third_order_coefficient])
-        weight = diffusivity * ops.laplacian_slab
-        return lambda u_hat: weight * cubic(u_hat)
+        lap = ops.laplacian_slab
+        # nu * lap formed on every call: nu is live (a pool writes new values into it in place)
+        return lambda u_hat: (diffusivity * lap) * cubic(u_hat)
 
     def admissible(self, u: torch.Tensor, ops: SpectralOps) -> torch.Tensor:
         """Scale into [-1, 1]."""

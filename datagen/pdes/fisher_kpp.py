@@ -34,7 +34,9 @@ class FisherKPP(PDE):
 
     def nonlinear(self, ops: SpectralOps, diffusivity: torch.Tensor, reactivity: torch.Tensor) -> Callable:
         """``-r u^2``."""
-        return polynomial(ops, [0.0, 0.0, -reactivity])
+        # r u^2, negated after the FFT (exactly): a precomputed -r would not follow writes into r
+        square = polynomial(ops, [0.0, 0.0, reactivity])
+        return lambda u_hat: square(u_hat).neg_()
 
     def admissible(self, u: torch.Tensor, ops: SpectralOps) -> torch.Tensor:
         """Rescale each sample to [0, 1]."""
