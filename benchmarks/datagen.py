@@ -7,6 +7,11 @@ figures (solver gp-updates/s, pool crops/s, pool memory per sample) for every 3D
     python benchmarks/datagen.py --n 64 --batch 4 --steps 20         # needs the `bench` extra
     python benchmarks/datagen.py --n 64 128 --families-only
     python benchmarks/datagen.py --device cuda --n 64 128 --compare-only   # adds pfm replayed from a CUDA graph
+    python benchmarks/datagen.py --n 64 --compare-only --fuse --cases burgers kuramoto_sivashinsky --threads 2
+
+``--fuse`` adds pfm with each ETDRK stage compiled into one kernel (``datagen/fused.py``; on CUDA also fused
+stages replayed from a CUDA graph), its ratios to plain pfm and exponax, and the largest |fused - plain| of
+the final state beside the largest |plain| (float32 round-off, not bitwise: fused multiply-adds).
 """
 
 from __future__ import annotations
@@ -97,6 +102,37 @@ def _torchfsm(
     return batch * n**3 * steps / best
 
 
+def _fused_header(graphs: bool) -> str:
+    head = f"  | {'fused':>8s} {'/plain':>7s} {'/exponax':>9s} {'max|fused-plain|':>16s} {'max|plain|':>10s}"
+    if graphs:
+        head += f"  | {'fused+graph':>11s} {'/exponax':>9s} {'max|f+g-plain|':>14s}"
+    return head
+
+
+def _fused_columns(name: str, common: dict, plain: dict, theirs: float, graphs: bool) -> str:
+    """Fused ETDRK stages (and fused + CUDA graph on CUDA): rate, ratios and max |fused - plain| of the state."""
+    if get_pde(name).is_linear:  # one multiply per step: nothing to fuse
+        return "  | (linear: nothing to fuse)"
+    scale = plain["final"].abs().max().item()
+    runs = [("fused", {})] + ([("fused+graph", {"cuda_graph": True})] if graphs else [])
+    out = ""
+    for label, options in runs:
+        try:
+            fused = solver_throughput(name, fuse=True, **options, **common)
+        except RuntimeError as error:  # a compile failure names its fix; keep the other rows going
+            print(f"{name} {common['n']}: {label} failed: {str(error)[:400]}", file=sys.stderr, flush=True)
+            out += f"  | {label} failed"
+            continue
+        rate = fused["gp_updates_per_s"]
+        diff = (fused["final"] - plain["final"]).abs().max().item()
+        if label == "fused":
+            out += f"  | {rate / 1e6:8.2f} {rate / plain['gp_updates_per_s']:7.2f} {rate / theirs:9.2f}"
+            out += f" {diff:16.2e} {scale:10.2e}"
+        else:
+            out += f"  | {rate / 1e6:11.2f} {rate / theirs:9.2f} {diff:14.2e}"
+    return out
+
+
 def main() -> None:
     """Parse arguments and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -110,6 +146,11 @@ def main() -> None:
     parser.add_argument(
         "--cases", nargs="+", default=list(CASES), choices=list(CASES), help="compared equations"
     )
+    parser.add_argument(
+        "--fuse",
+        action="store_true",
+        help="add pfm with fused ETDRK stages (torch.compile, datagen/fused.py), and fused + CUDA graph on CUDA",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,6 +160,7 @@ def main() -> None:
         print(
             f"{'pde':24s} {'n':>4s} {'pfm':>8s} {'exponax':>8s} {'torchfsm':>9s} {'/exponax':>9s} {'/torchfsm':>9s}  (M gp-updates/s)"
             + ("  | pfm+graph /exponax  max|graph-plain|" if graphs else "")
+            + (_fused_header(graphs) if args.fuse else "")
         )
         for n in args.n:
             for name in args.cases:
@@ -149,6 +191,8 @@ def main() -> None:
                     fsm = math.nan
                 if graphs:
                     extra += f" {graphed['gp_updates_per_s'] / theirs:9.2f}  {diff:.2e}"
+                if args.fuse:
+                    extra += _fused_columns(name, common, plain, theirs, graphs)
                 print(
                     f"{name:24s} {n:4d} {ours / 1e6:8.2f} {theirs / 1e6:8.2f} {fsm / 1e6:9.2f} {ours / theirs:9.2f} {ours / fsm:9.2f}"
                     + extra,

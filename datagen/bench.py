@@ -36,16 +36,19 @@ def solver_throughput(
     repeats: int = 2,
     device: str = "cpu",
     cuda_graph: bool = False,
+    fuse: bool = False,
 ) -> dict[str, float]:
     """Best-of-``repeats`` wall time of ``num_steps`` steps of ``batch`` fields; grid-point updates/s.
 
-    With ``cuda_graph`` the steps replay a captured CUDA graph (:class:`datagen.graphs.CudaGraphStepper`);
-    ``final`` is the state after the last timed call, for comparing the two paths.
+    With ``cuda_graph`` the steps replay a captured CUDA graph (:class:`datagen.graphs.CudaGraphStepper`).
+    With ``fuse`` each ETDRK stage is one compiled kernel (:mod:`datagen.fused`; the warm-up call compiles).
+    ``final`` is the state after the last timed call, for comparing the paths.
     """
     pde = get_pde(name)
     stepper = make_stepper(
         name, dim=dim, n=n, length=length, dt=dt, check=False, device=device, **dict(coefficients or {})
     )
+    stepper.fuse = fuse
     grid = Grid(dim, n, length, torch.device(device))
     u = gaussian_random_field(
         grid, batch, pde.num_channels(dim), generator=torch.Generator(device).manual_seed(0)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from datagen import fused
+
 __all__ = ["ETDRKStepper", "Grid", "SpectralOps", "etdrk_coefficients", "spectral_ops"]
 
 
@@ -280,7 +282,12 @@ class ETDRKStepper:
     beyond ``num_kept`` on the last axis then evolve by ``E`` alone. The weights are stored that way too:
     ``weights`` holds contiguous slab copies (what every step reads) and ``e_rest`` the rest of ``E``.
     ``None`` for ``nonlinear`` means a purely linear PDE, stepped exactly (one multiply per step).
+    ``fuse=True`` (opt-in, also settable later as ``stepper.fuse``) runs each stage's element-wise
+    arithmetic as one ``torch.compile``d kernel (:mod:`datagen.fused`): the same numerics to float32
+    round-off, one compile per shape on first use; it changes nothing for a linear PDE.
     """
+
+    _fuse: bool = False  # the class default, so that steppers made by __new__ start plain
 
     def __init__(
         self,
@@ -290,6 +297,7 @@ class ETDRKStepper:
         dt: float,
         order: int = 4,
         num_kept: int | None = None,
+        fuse: bool = False,
     ) -> None:
         self.grid = grid
         self.dt = dt
@@ -302,6 +310,7 @@ class ETDRKStepper:
         else:
             self.weights = {k: v[..., : self.num_kept].contiguous() for k, v in coefficients.items()}
             self.e_rest = coefficients["E"][..., self.num_kept :].contiguous()
+        self.fuse = fuse
 
     @classmethod
     def from_linear(
@@ -312,11 +321,23 @@ class ETDRKStepper:
         dt: float,
         order: int = 4,
         num_kept: int | None = None,
+        fuse: bool = False,
     ) -> ETDRKStepper:
         """A stepper from the Fourier symbol ``linear`` of ``L``, ``(batch|1, channels|1, *fourier_shape)``."""
         order = 1 if nonlinear is None else order
         linear = torch.broadcast_to(linear, (*linear.shape[:2], *grid.fourier_shape))
-        return cls(grid, etdrk_coefficients(linear, dt, order), nonlinear, dt, order, num_kept)
+        return cls(grid, etdrk_coefficients(linear, dt, order), nonlinear, dt, order, num_kept, fuse)
+
+    @property
+    def fuse(self) -> bool:
+        """Whether each ETDRK stage's element-wise arithmetic runs as one compiled kernel (datagen/fused.py)."""
+        return self._fuse
+
+    @fuse.setter
+    def fuse(self, value: bool) -> None:
+        if value:  # fail here, naming the fix, rather than on the first step
+            fused.check_fusable(self.weights["E"].device)
+        self._fuse = bool(value)
 
     @property
     def num_rows(self) -> int:
@@ -350,6 +371,8 @@ class ETDRKStepper:
 
     def _step_slab(self, u: torch.Tensor) -> torch.Tensor:
         """One ETDRK step of the slab ``(batch, channels, ..., num_kept)``."""
+        if self._fuse:
+            return fused.fused_step_slab(self.weights, self.nonlinear, self.order, u)
         c = self.weights
         n = self.nonlinear
         nu = n(u)
@@ -402,7 +425,7 @@ class ETDRKStepper:
         """A stepper for the samples ``rows`` only (per-sample weights indexed, shared ones kept)."""
         out = ETDRKStepper.__new__(ETDRKStepper)
         out.grid, out.dt, out.order, out.num_kept = self.grid, self.dt, self.order, self.num_kept
-        out.nonlinear = nonlinear
+        out.nonlinear, out._fuse = nonlinear, self._fuse
         out.weights = {k: v[rows] if v.shape[0] > 1 else v for k, v in self.weights.items()}
         rest = self.e_rest
         out.e_rest = rest[rows] if rest is not None and rest.shape[0] > 1 else rest
