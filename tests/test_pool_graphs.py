@@ -18,6 +18,7 @@ import torch
 from datagen import FamilySpec, ShardPool
 from datagen.graphs import CudaGraphStepper, _same
 from datagen.pdes import get_pde, known_pdes
+from datagen.pdes.kolmogorov_flow_velocity import KolmogorovFlowVelocity
 from datagen.pdes.korteweg_de_vries import KortewegDeVries
 from datagen.stepper import build_stepper
 
@@ -124,6 +125,20 @@ def test_kolmogorov_forcing_buffer_is_refreshed_row_by_row() -> None:
     for row in ROWS:
         one = {k: v[row : row + 1] for k, v in fam.values.items()}
         assert torch.equal(forcing[row], fam.pde.nonlinear(fam.ops, **one).buffers["forcing"][0])
+
+
+def test_a_buffer_without_a_row_per_trajectory_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A buffer shared by all rows cannot take one row's new coefficients: refused, naming the fix."""
+    original = KolmogorovFlowVelocity.nonlinear
+
+    def shared_buffer(self, ops, **values):
+        fn = original(self, ops, **values)
+        fn.buffers = {"forcing": fn.buffers["forcing"][:1]}
+        return fn
+
+    monkeypatch.setattr(KolmogorovFlowVelocity, "nonlinear", shared_buffer)
+    with pytest.raises(RuntimeError, match=r"buffer 'forcing' has 1 rows; expected one per trajectory \(4\)"):
+        _pool("kolmogorov_flow_velocity")
 
 
 def test_graph_signature_is_stable_across_refresh_and_resume_and_changes_on_replacement() -> None:
