@@ -17,6 +17,7 @@ stamp "prefetch state on CUDA (tests/test_data_stream.py -k cuda)"
 timeout 120 "$py" -m pytest -q -p no:cacheprovider tests/test_data_stream.py -k cuda 2>&1 | tail -3
 stamp "pool steps through CUDA graphs: bitwise the plain frames, one capture per family across refreshes and a resume (tests/test_pool_graphs.py -k cuda)"; timeout 120 "$py" -m pytest -q -p no:cacheprovider tests/test_pool_graphs.py -k cuda 2>&1 | tail -3
 
+stamp "fused ETDRK stages on CUDA (triton) vs the plain path: ETDRK4, real and complex weights (tests/test_fused.py -k cuda)"; timeout 90 "$py" -m pytest -q -p no:cacheprovider tests/test_fused.py -k cuda 2>&1 | tail -3
 stamp "datagen: pfm plain, CUDA-graph, fused (torch.compile stages) and fused+graph steps vs exponax, max |diff| (issue 12: every family >= 1.0x)"
 timeout 240 "$py" benchmarks/datagen.py --device cuda --n 64 128 --batch 4 --steps 20 --compare-only --fuse \
     --cases burgers kuramoto_sivashinsky diffusion 2>&1 | grep -v -i warn

@@ -34,17 +34,28 @@ CASES = {
 NUM_STAGES = {1: 1, 2: 2, 3: 3, 4: 4}  # compiled kernels per step
 
 
-def _pair(name: str, order: int, per_row: bool) -> tuple[ETDRKStepper, ETDRKStepper, torch.Tensor]:
+def _pair(
+    name: str, order: int, per_row: bool, device: str = "cpu"
+) -> tuple[ETDRKStepper, ETDRKStepper, torch.Tensor]:
     """A plain and a fused stepper with the same weights, and a state ``(BATCH, channels, N, N, N)``."""
     length, dt, shared, rows = CASES[name]
-    kwargs = dict(dim=3, n=N, length=length, dt=dt, order=order, check=False, **(rows if per_row else shared))
+    kwargs = dict(
+        dim=3,
+        n=N,
+        length=length,
+        dt=dt,
+        order=order,
+        check=False,
+        device=device,
+        **(rows if per_row else shared),
+    )
     plain, fused = make_stepper(name, **kwargs), make_stepper(name, **kwargs)
     fused.fuse = True
     assert plain.num_rows == (BATCH if per_row else 1) and not plain.fuse
     channels = get_pde(name).num_channels(3)
     u = gaussian_random_field(
         Grid(3, N, length), BATCH, channels, powerlaw_exponent=4.0, generator=torch.Generator().manual_seed(0)
-    )
+    ).to(device)
     return plain, fused, u
 
 
@@ -84,8 +95,8 @@ def _num_compiled(formula: str) -> int:
     return len(_debug_get_cache_entry_list(fused_module._FORMULAS[formula].__code__))
 
 
-def _compare(name: str, order: int, per_row: bool, stage_calls: list[str]) -> None:
-    plain, fused, u = _pair(name, order, per_row)
+def _compare(name: str, order: int, per_row: bool, stage_calls: list[str], device: str = "cpu") -> None:
+    plain, fused, u = _pair(name, order, per_row, device)
     expected = plain(u, NUM_STEPS)
     got = fused(u, NUM_STEPS)
     assert len(stage_calls) == NUM_STAGES[order] * NUM_STEPS, stage_calls  # the fused path ran
@@ -206,3 +217,12 @@ def test_a_failing_compiler_raises_naming_the_fix() -> None:
     patch = {"cpp.cxx": ("/nonexistent/pfm-test-cxx",), "fx_graph_cache": False}
     with inductor_config.patch(patch), pytest.raises(RuntimeError, match="fuse=False"):
         stepper(u, 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (benchmarks/gpu_checks.sh runs it)")
+@pytest.mark.parametrize(
+    ("name", "per_row"), [("burgers", False), ("kuramoto_sivashinsky", True), ("korteweg_de_vries", True)]
+)
+def test_fused_matches_plain_on_cuda(name: str, per_row: bool, stage_calls: list[str]) -> None:
+    """On a GPU (triton kernels, which do contract FMAs): ETDRK4, real and complex weights, same tolerance."""
+    _compare(name, 4, per_row, stage_calls, device="cuda")
