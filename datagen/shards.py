@@ -4,7 +4,9 @@ A shard directory holds ``{prefix}-{index:06d}.tar`` files and ``format.json`` (
 each sample holds). Every sample has ``input.npy`` (and ``target.npy`` for pairs, ``channel_mask.npy`` for
 windows and pairs), ``pde.cls`` (the family index in ``format.json``'s ``pde_names``) and ``json``
 (pde, coefficients, seed, shard, step, time, dt, grid, code version). Samples are drawn exactly as the online
-stream draws them (same pool, seed and sampling calls), so a reader yields the same tensors.
+stream draws them (same pool, seed and sampling calls), so a reader yields the same tensors. Once every shard
+is written, ``format.json`` also records ``num_samples_per_shard`` (file name -> samples), from which a reader
+deals equal epochs to its processes without opening the shards.
 """
 
 from __future__ import annotations
@@ -124,10 +126,11 @@ def write_shards(
     stream = iter_pool_samples(
         pool, kind=kind, batch=batch, crop=crop, window=window, lag=lag, augment=augment
     )
-    paths, written = [], 0
+    paths, written, counts = [], 0, {}
     while written < num_samples:
         path = out / f"{prefix}-{len(paths):06d}.tar"
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        first = written
         with open(tmp, "wb") as handle, wds.TarWriter(handle) as sink:
             for _ in range(min(samples_per_shard, num_samples - written)):
                 sample = next(stream)
@@ -139,6 +142,10 @@ def write_shards(
                 written += 1
         os.replace(tmp, path)
         paths.append(path)
+        counts[path.name] = written - first
+    # readers deal whole shards to processes and need each one's size to give them equal epochs
+    description["num_samples_per_shard"] = counts
+    _atomic_write(out / "format.json", json.dumps(description, indent=2, default=str).encode())
     return paths
 
 

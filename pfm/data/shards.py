@@ -3,19 +3,35 @@
 It yields the batches the online DataModules yield for the same configuration: ``input`` and ``pde`` (plus
 ``target``, ``channel_mask`` for pairs and windows), standardized per sample for crops when asked.
 
+Processes: without ``resampled`` an epoch reads every shard once; shard ``i`` goes to process
+``i % world_size`` and then to its dataloader worker ``(i // world_size) % num_workers``. Shards may hold
+different numbers of samples (the last one of a write usually does), so processes could read different
+numbers of full batches, and under DDP one would wait forever in a collective the others never join. So every
+process takes the same number of batches per epoch, the fewest any process can read (:func:`plan_epoch`;
+per-shard sample counts from ``format.json``, or counted once from the tar headers of shards written before
+the writer recorded them), and the rest of the epoch is left out (logged once, with how to avoid it).
+Validation follows the same rule. A process that would get no shard at all fails at setup, naming the counts
+and the fix. A ``resampled`` stream is endless in every process, so each takes a step whenever the others
+do; the run must then be bounded by ``trainer.max_steps``.
+
 Resume: without ``resampled`` every epoch reads the shards in the same order, so the stream's position is
-(epoch, batches trained in it); ``state_dict()`` holds it as of the last *trained* batch (counted when the
-Trainer takes a batch for a step, so batches read ahead by the fetcher or by workers do not count). A resumed
-run reads and drops the batches of the current epoch it already trained, then goes on: the same batches in the
-same order as an uninterrupted run, at the cost of re-reading at most one epoch. A ``resampled`` stream draws
-shards with webdataset's unseeded sampler and is not resumed exactly (a warning says so).
+(epoch, batches trained in it), the same on every process; ``state_dict()`` holds it as of the last *trained*
+batch (counted when the Trainer takes a batch for a step, so batches read ahead by the fetcher or by workers
+do not count). A resumed run reads and drops the batches of the current epoch it already trained, then goes
+on: the same batches in the same order as an uninterrupted run, at the cost of re-reading at most one epoch.
+A ``resampled`` stream draws shards with webdataset's unseeded sampler and is not resumed exactly (a warning
+says so).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Iterator
+import re
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +41,61 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from datagen.shards import decode_sample
 
-__all__ = ["ShardDataModule"]
+__all__ = ["EpochPlan", "ShardDataModule", "count_shard_samples", "plan_epoch"]
 
 log = logging.getLogger(__name__)
+
+# webdataset skips these members (its tar_file_iterator's skip_meta): they belong to no sample
+_META = re.compile(r"__[^/]*__($|/)")
+
+
+def count_shard_samples(path: str | Path) -> int:
+    """Samples in one tar shard, grouped by key as webdataset groups them; reads the headers only."""
+    from webdataset.tariterators import base_plus_ext
+
+    count, last = 0, None
+    with tarfile.open(path, "r:") as tar:  # "r:" seeks past each member's data instead of reading it
+        for member in tar:
+            if not member.isreg() or _META.match(member.name):
+                continue
+            key, _ = base_plus_ext(member.name)
+            if key is not None and key != last:
+                count, last = count + 1, key
+    return count
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """How one epoch of shards divides over the processes: the full batches each reads, and what all take."""
+
+    num_batches_by_rank: tuple[int, ...]
+    num_samples: int
+    batch_size: int
+
+    @property
+    def num_batches(self) -> int:
+        """Batches every process takes per epoch: the fewest any process can read."""
+        return min(self.num_batches_by_rank)
+
+    @property
+    def num_dropped(self) -> int:
+        """Samples per epoch no process trains on: partial batches and the surplus of the larger processes."""
+        return self.num_samples - len(self.num_batches_by_rank) * self.num_batches * self.batch_size
+
+
+def plan_epoch(counts: Sequence[int], *, world_size: int, num_workers: int, batch_size: int) -> EpochPlan:
+    """The epoch of shards of ``counts`` samples over ``world_size`` processes of ``num_workers`` workers.
+
+    Shard ``i`` goes to process ``i % world_size`` (webdataset's split by node), and within it to worker
+    ``(i // world_size) % num_workers`` (its split by worker); each worker batches its own samples and drops
+    its last partial batch.
+    """
+    readers = max(num_workers, 1)
+    by_rank = []
+    for rank in range(world_size):
+        mine = list(counts[rank::world_size])
+        by_rank.append(sum(sum(mine[worker::readers]) // batch_size for worker in range(readers)))
+    return EpochPlan(tuple(by_rank), int(sum(counts)), batch_size)
 
 
 def _collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -39,9 +107,9 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 class ShardDataModule(L.LightningDataModule):
     """Batches from the tar shards in ``path`` (a directory with ``format.json``).
 
-    Shards are split over nodes (ranks) and dataloader workers. ``resampled`` draws shards with replacement
-    forever (an endless stream); otherwise each epoch reads every shard once, in order. ``batch_size`` is
-    per process.
+    Shards are split over processes (ranks) and dataloader workers, and every process takes the same number
+    of batches per epoch (see the module docstring). ``resampled`` draws shards with replacement forever (an
+    endless stream); otherwise each epoch reads every shard once, in order. ``batch_size`` is per process.
     """
 
     def __init__(
@@ -74,6 +142,8 @@ class ShardDataModule(L.LightningDataModule):
         self._trained = 0  # batches of the current epoch taken by the Trainer for a step
         self._num_iterations = 0
         self._resume_at: tuple[int, int] | None = None
+        self._counts: dict[str, list[int]] = {}  # per-shard sample counts by split, read once
+        self._logged: set[str] = set()
 
     @property
     def pde_names(self) -> list[str]:
@@ -98,15 +168,19 @@ class ShardDataModule(L.LightningDataModule):
             spec["num_frames"] = self.format["window"]
         return spec
 
-    def dataset(self, urls: list[str] | None = None) -> IterableDataset:
-        """The webdataset pipeline yielding decoded sample dicts."""
+    def dataset(self, urls: list[str] | None = None, *, resampled: bool | None = None) -> IterableDataset:
+        """The webdataset pipeline yielding batches of ``urls`` (default: every training shard).
+
+        ``urls`` are read as given (no split over processes: pass this process's share); dataloader workers
+        split them. ``resampled`` (default: the module's) draws from them with replacement, endlessly.
+        """
         import webdataset as wds
 
         ds = wds.WebDataset(
-            urls or self.urls,
-            resampled=self.resampled,
+            self.urls if urls is None else urls,
+            resampled=self.resampled if resampled is None else resampled,
             shardshuffle=False,
-            nodesplitter=wds.split_by_node,
+            nodesplitter=None,  # shards are dealt to processes by this module, as plan_epoch counts them
             workersplitter=wds.split_by_worker,
             empty_check=False,
         )
@@ -122,10 +196,121 @@ class ShardDataModule(L.LightningDataModule):
             )
         return batch
 
+    # --- how the shards divide over processes ---------------------------------------------------------------
+    def _process(self) -> tuple[int, int]:
+        """(rank, world size) of this process: the Trainer's, else torch.distributed's, else (0, 1)."""
+        world = getattr(self.trainer, "world_size", None)
+        if isinstance(world, int):
+            return int(getattr(self.trainer, "global_rank", 0)), world
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _split_urls(self, split: str) -> list[str]:
+        if split == "val" and self.val_path:
+            return sorted(str(p) for p in Path(self.val_path).glob("*.tar"))
+        return self.urls
+
+    def _where(self, split: str) -> str:
+        if split == "val":
+            if self.val_path:
+                return f"data.val_path={self.val_path}"
+            return "the training shards (data.val_path=null)"
+        return f"data.path={self.path}"
+
+    def _shard_counts(self, split: str) -> list[int]:
+        """Samples in each shard of ``split``: from ``format.json`` where recorded, else counted once."""
+        if split not in self._counts:
+            folder = Path(self.val_path) if split == "val" and self.val_path else self.path
+            recorded: Mapping[str, int] = {}
+            if (folder / "format.json").is_file():
+                recorded = json.loads((folder / "format.json").read_text()).get("num_samples_per_shard") or {}
+            self._counts[split] = [
+                int(recorded[Path(u).name]) if Path(u).name in recorded else count_shard_samples(u)
+                for u in self._split_urls(split)
+            ]
+        return self._counts[split]
+
+    def epoch_plan(self, split: str = "train") -> EpochPlan:
+        """The epoch of ``split`` ("train" or "val") over this run's processes; fails if one gets nothing.
+
+        Validation reads without workers. Raises ``ValueError`` when a process (or a worker of one) gets no
+        shard, or a process's shards hold no full batch.
+        """
+        rank, world = self._process()
+        urls = self._split_urls(split)
+        num_workers = self.num_workers if split == "train" else 0
+        readers = max(num_workers, 1)
+        where = self._where(split)
+        if not urls:
+            raise ValueError(f"No .tar shards in {where}; write some with `pfm-datagen write`.")
+        counts = self._shard_counts(split)
+        total = sum(counts)
+        if len(urls) < world * readers:
+            per_shard = max(self.batch_size, total // (world * readers) // self.batch_size * self.batch_size)
+            raise ValueError(
+                f"{where} holds {len(urls)} shard(s) for {world} process(es) x {readers} dataloader "
+                f"worker(s); each reads whole shards, so {world * readers - len(urls)} of them would get none "
+                "and the processes would take different numbers of steps (under DDP the others would wait "
+                f"forever). Write at least {world * readers} shards, e.g. `pfm-datagen write ... --samples "
+                f"{total} --samples-per-shard {per_shard}`"
+                + (", or lower data.num_workers." if readers > 1 else ".")
+            )
+        plan = plan_epoch(counts, world_size=world, num_workers=num_workers, batch_size=self.batch_size)
+        if plan.num_batches == 0:
+            poorest = plan.num_batches_by_rank.index(0)
+            raise ValueError(
+                f"{where}: with data.batch_size={self.batch_size}, process {poorest}'s shards "
+                f"({sum(counts[poorest::world])} samples over {readers} reader(s)) hold no full batch, so no "
+                f"process can take a step (full batches per process: {list(plan.num_batches_by_rank)}). "
+                "Lower data.batch_size or write more samples (`pfm-datagen write --samples ...`)."
+            )
+        if plan.num_dropped and rank == 0 and split not in self._logged:
+            self._logged.add(split)
+            log.warning(
+                "data=shards: each epoch of %s gives every one of the %d process(es) %d batches of %d and "
+                "leaves out %d of %d samples (full batches the processes can read: %s; all take the fewest, "
+                "so that they take the same number of steps). To use every sample, write shards of equal "
+                "size, a multiple of data.batch_size, in a number that is a multiple of %d (processes x "
+                "dataloader workers).",
+                where,
+                world,
+                plan.num_batches,
+                self.batch_size,
+                plan.num_dropped,
+                plan.num_samples,
+                list(plan.num_batches_by_rank),
+                world * readers,
+            )
+        return plan
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check, before any step, that every process gets shards and full batches (training, validation)."""
+        if self.resampled:
+            if getattr(self.trainer, "max_steps", None) == -1:
+                raise ValueError(
+                    "data.resampled=true is an endless stream: its one epoch never ends, so the run needs a "
+                    "step limit; set trainer.max_steps (or data.resampled=false for epochs of the shards)."
+                )
+        elif stage in (None, "fit"):
+            self.epoch_plan("train")
+        if stage in (None, "fit", "validate") and getattr(self.trainer, "limit_val_batches", 1) != 0:
+            self.epoch_plan("val")
+
+    # --- loaders --------------------------------------------------------------------------------------------
     def train_dataloader(self) -> _ResumableLoader:
-        """Batches of the training shards, from the position after the last trained batch on a resume."""
-        loader = DataLoader(self.dataset(), batch_size=None, num_workers=self.num_workers)
-        return _ResumableLoader(self, loader)
+        """Batches of this process's training shards; on a resume, from just after the last trained batch.
+
+        Every process yields the same number of batches per epoch (none for ``resampled``: endless).
+        """
+        if self.resampled:  # every process draws from every shard, with its own unseeded sampler
+            loader = DataLoader(self.dataset(), batch_size=None, num_workers=self.num_workers)
+            return _ResumableLoader(self, loader, num_batches=None)
+        plan = self.epoch_plan("train")
+        rank, world = self._process()
+        mine = self.urls[rank::world]
+        loader = DataLoader(self.dataset(mine), batch_size=None, num_workers=self.num_workers)
+        return _ResumableLoader(self, loader, num_batches=plan.num_batches)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """A training batch counts as trained when the Trainer takes it for a step (validation ones do not)."""
@@ -134,7 +319,7 @@ class ShardDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, int]:
-        """The stream's position after the last trained batch: ``{"epoch", "batch"}``."""
+        """The position after the last trained batch: ``{"epoch", "batch"}``, the same in every process."""
         return {"epoch": self._epoch, "batch": self._trained}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -154,18 +339,43 @@ class ShardDataModule(L.LightningDataModule):
             )
         self._resume_at = (int(state_dict["epoch"]), int(state_dict["batch"]))
 
-    def val_dataloader(self) -> DataLoader:
-        """Batches of ``val_path``'s shards (or the training shards when none is given)."""
-        urls = sorted(str(p) for p in Path(self.val_path).glob("*.tar")) if self.val_path else None
-        return DataLoader(self.dataset(urls), batch_size=None, num_workers=0)
+    def val_dataloader(self) -> _EpochLoader:
+        """Batches of this process's share of ``val_path``'s shards (or of the training shards without one).
+
+        Read once, never resampled, the same number of batches on every process.
+        """
+        plan = self.epoch_plan("val")
+        rank, world = self._process()
+        urls = self._split_urls("val")[rank::world]
+        loader = DataLoader(self.dataset(urls, resampled=False), batch_size=None, num_workers=0)
+        return _EpochLoader(loader, plan.num_batches)
+
+
+class _EpochLoader:
+    """The first ``num_batches`` batches of a loader, each time it is iterated."""
+
+    def __init__(self, loader: DataLoader, num_batches: int) -> None:
+        self.loader = loader
+        self.num_batches = num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return itertools.islice(iter(self.loader), self.num_batches)
 
 
 class _ResumableLoader:
-    """The training DataLoader; each iteration is an epoch, and the first after a restore skips what was trained."""
+    """The training DataLoader; each iteration is an epoch, and the first after a restore skips what was trained.
 
-    def __init__(self, module: ShardDataModule, loader: DataLoader) -> None:
+    An epoch ends after ``num_batches`` batches (the rank-equal count; ``None``: when the loader ends). No
+    ``__len__``: Lightning treats the stream as one of unknown length, as before.
+    """
+
+    def __init__(self, module: ShardDataModule, loader: DataLoader, num_batches: int | None = None) -> None:
         self.module = module
         self.loader = loader
+        self.num_batches = num_batches
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         module = self.module
@@ -176,13 +386,21 @@ class _ResumableLoader:
             module._epoch += 1
         module._num_iterations += 1
         module._trained = skip
+        if self.num_batches is not None and skip >= self.num_batches:
+            # saved at the end of its epoch: Lightning still iterates once to finish that epoch (an empty
+            # rest, in every process alike), then starts the next with a new iteration
+            return
         batches = iter(self.loader)
         for index in range(skip):
-            if next(batches, None) is None:  # the checkpoint was taken at the end of its epoch
+            if next(batches, None) is None:  # fewer batches than saved: the shards changed since
                 log.info(
                     "Resume: epoch %d ended after %d batches; starting the next one.", module._epoch, index
                 )
                 module._epoch, module._trained = module._epoch + 1, 0
                 batches = iter(self.loader)
                 break
-        yield from batches
+        if self.num_batches is None:
+            yield from batches
+        else:
+            # every process stops after the same count, so none waits in a collective the others never join
+            yield from itertools.islice(batches, self.num_batches - module._trained)
