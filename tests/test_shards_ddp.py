@@ -259,3 +259,18 @@ def test_pfm_train_ddp_on_shards_resumed_mid_epoch_ends_bitwise_equal(tmp_path: 
     assert got["global_step"] == want["global_step"] == 5
     for key, value in want["state_dict"].items():
         assert torch.equal(got["state_dict"][key], value), f"{key} differs after resuming at step 3"
+
+
+@pytest.mark.slow
+def test_pfm_train_ddp_resampled_validates_once_and_ends(tmp_path: Path) -> None:
+    """data.resampled=true on 2 processes: endless training draws, but validation reads its shards once.
+
+    Before, validation drew from the endless resampled stream too, and the first validation never ended.
+    """
+    _write(tmp_path / "shards", num_samples=10, samples_per_shard=4, crop=16)
+    args = [*DDP, f"data.path={tmp_path / 'shards'}", "data.resampled=true", "trainer.max_steps=4"]
+    args += ["trainer.val_check_interval=2"]  # no limit_val_batches: the loader itself must end
+    result = _pfm_train_ddp(args, tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert "last validation: val/nrmse=" in (tmp_path / "run" / "train.log").read_text()
