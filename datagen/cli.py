@@ -10,7 +10,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +21,9 @@ if TYPE_CHECKING:
 
 __all__ = ["load_family", "main"]
 
-_CONF = Path(__file__).resolve().parents[1] / "conf" / "data" / "pde"
+# The PDE family configs ship inside pfm's config package (pfm.conf, the repository's conf/); read as package
+# data (as pfm.paths.CONF_DIR does), so datagen imports no pfm code
+_CONF = Path(os.environ.get("PFM_CONFIG_DIR") or str(files("pfm.conf"))) / "data" / "pde"
 
 
 def load_family(name: str, config_dir: Path = _CONF) -> FamilySpec:

@@ -8,9 +8,7 @@ from the DataModule's ``spec`` into the model, never written in YAML.
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -20,10 +18,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pfm.checkpoints.pretrained import is_registry_name, load_weights, resolve_source
 from pfm.config_check import check_config
 from pfm.distributed import StrategySetup
+from pfm.paths import CONF_DIR  # re-exported: tests and older code import it from here
 
 __all__ = ["CONF_DIR", "accepted", "build_model", "build_task", "head_model_spec", "run_info"]
-
-CONF_DIR = Path(os.environ.get("PFM_CONFIG_DIR", Path(__file__).resolve().parents[1] / "conf"))
 
 
 def accepted(target: Any, available: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,9 @@ problems are reported together in one ``ValueError``, each naming the key, the v
 fix. Nothing here knows a particular key: the rules come from signatures and from the naming conventions of
 the code base (counts start with ``num_``). See ``docs/config_checks.md``.
 
-``trainer.devices`` and ``trainer.num_nodes`` are the same switches as ``strategy.devices`` and
-``strategy.num_nodes`` (the strategy builds the Trainer's accelerator, devices and nodes):
-:func:`merge_trainer_devices` moves them over, or refuses two different values.
+The check judges a config as a run sees it: on a copy with Lightning's ``trainer.precision``/``accelerator``/
+``devices``/``num_nodes``/``strategy`` merged into ``strategy`` by
+:func:`pfm.distributed.trainer_switches.merge_trainer_switches` (which a run calls first; this module only reads).
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from typing import Any
 
 import torch
 from hydra.utils import get_method
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from pfm.distributed.trainer_switches import merge_trainer_switches
 
 __all__ = ["RANGES", "check_config", "config_problems", "merge_trainer_devices"]
 
@@ -275,10 +277,10 @@ def _init_from_problems(cfg: DictConfig) -> Iterator[str]:
 def config_problems(cfg: DictConfig, keys: Sequence[str] | None = None) -> list[str]:
     """Every problem :func:`check_config` would report, one sentence each (empty if the config is fine).
 
-    Judged as a run would see it: on a copy with ``trainer.devices``/``num_nodes`` merged into the strategy.
+    Judged as a run would see it: on a copy with the Lightning trainer switches merged into the strategy.
     """
     cfg = copy.deepcopy(cfg)
-    merge_trainer_devices(cfg)
+    merge_trainer_switches(cfg)
     problems: list[str] = list(_init_from_problems(cfg)) if keys is None or "init_from" in keys else []
     for key in keys if keys is not None else list(cfg):
         if key == "hydra" or key not in cfg or OmegaConf.is_missing(cfg, key):
@@ -298,35 +300,5 @@ def check_config(cfg: DictConfig, keys: Sequence[str] | None = None) -> None:
         raise ValueError(f"The run's config has {len(problems)} problem(s); nothing was built:\n{lines}")
 
 
-def merge_trainer_devices(cfg: DictConfig) -> None:
-    """Move ``trainer.devices``/``trainer.num_nodes`` into ``strategy`` (the same switches), in place.
-
-    The strategy builds the Trainer's accelerator, devices and nodes, so a Lightning user's
-    ``trainer.devices=2`` means ``strategy.devices=2``. Two different values are refused.
-    """
-    trainer, strategy = cfg.get("trainer"), cfg.get("strategy")
-    if trainer is None:
-        return
-    for key in ("devices", "num_nodes"):
-        if key not in trainer:
-            continue
-        value = trainer[key]
-        if value is None:  # unset (conf/trainer/default.yaml): the strategy's value stands
-            with open_dict(cfg):
-                del trainer[key]
-            continue
-        current = strategy.get(key) if strategy is not None else None
-        # "auto" and 1 are the strategy files' defaults: anything else was chosen on purpose
-        if current not in (None, "auto", 1, value):
-            raise ValueError(
-                f"trainer.{key}={value} and strategy.{key}={current} disagree; they are the same switch "
-                f"(the strategy sets the Trainer's {key}). Fix: give only strategy.{key}=<n>."
-            )
-        if strategy is None:
-            raise ValueError(
-                f"trainer.{key}={value} needs a strategy to take it; the config has none. "
-                f"Fix: add strategy=ddp strategy.{key}={value}."
-            )
-        with open_dict(cfg):
-            strategy[key] = value
-            del trainer[key]
+# the name tests and older callers import; the merge itself lives in pfm.distributed.trainer_switches
+merge_trainer_devices = merge_trainer_switches

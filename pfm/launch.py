@@ -26,15 +26,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pfm.build import CONF_DIR
 from pfm.config_check import check_config
+from pfm.distributed.trainer_switches import merge_trainer_switches
 from pfm.io import atomic_path
+from pfm.paths import CONF_DIR, LAUNCH_DIR
 
 __all__ = ["LAUNCH_DIR", "SlurmJob", "add_parser", "compose_run", "render_sbatch", "submit"]
 
-LAUNCH_DIR = Path(os.environ.get("PFM_LAUNCH_DIR", Path(__file__).resolve().parents[1] / "launch"))
-
-# Keys pfm launch sets from its own options; an explicit override of one must agree with them.
+# Keys pfm launch sets from its own options; an explicit override of one must agree with them (a trainer.*
+# twin must too: the composed config's merge_trainer_switches refuses a different value).
 _OWNED = ("strategy.devices", "strategy.num_nodes", "strategy.accelerator")
 
 
@@ -135,6 +135,7 @@ def compose_run(overrides: list[str], config_dir: Path = CONF_DIR) -> DictConfig
             cfg.hydra.runtime.output_dir = str(cfg.hydra.run.dir)
         HydraConfig.instance().set_config(cfg)
         OmegaConf.to_container(_job_part(cfg), resolve=True)
+        merge_trainer_switches(cfg)  # as pfm-train does first: trainer.precision etc. are strategy.*
         # the checks pfm-train runs first (keys, types, ranges); init_from may live only on the cluster
         check_config(cfg, [key for key in cfg if key not in ("hydra", "init_from")])
     except (HydraException, OmegaConfBaseException, ValueError) as err:
@@ -168,6 +169,23 @@ def _check_strategy(cfg: DictConfig, num_tasks: int) -> None:
         )
 
 
+def _searchpath(config_dir: Path, explicit: dict[str, str]) -> str:
+    """The override that adds the user's config folder for the compose here and in the job (absolute path)."""
+    folder = Path(config_dir).expanduser().resolve()
+    if not folder.is_dir():
+        raise LaunchError(
+            f"--config-dir {config_dir}: no such folder; expected your config folder (with experiment/, "
+            "data/, model/ ... files beside pfm's groups)."
+        )
+    if "hydra.searchpath" in explicit:
+        raise LaunchError(
+            "--config-dir and hydra.searchpath=... both add config folders; give one "
+            f"(--config-dir {config_dir} is hydra.searchpath=[file://{folder}])."
+        )
+    # what pfm-train's --config-dir does: the folder is searched after pfm's own configs
+    return f"hydra.searchpath=[file://{folder}]"
+
+
 def _default_run_dir() -> Path:
     now = dt.datetime.now()
     return Path("outputs") / "slurm" / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")
@@ -180,8 +198,8 @@ def render_sbatch(job: SlurmJob, template: Path | None = None) -> str:
     template = template or LAUNCH_DIR / "slurm" / "job.sbatch.j2"
     if not template.is_file():
         raise LaunchError(
-            f"sbatch template {template} is missing; pfm launch needs the repository's launch/ folder "
-            "(an editable install), or PFM_LAUNCH_DIR pointing at a copy of it."
+            f"sbatch template {template} is missing; it ships inside pfm (pfm.launch_files): reinstall pfm, "
+            "or unset PFM_LAUNCH_DIR / point it at a folder with slurm/job.sbatch.j2."
         )
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     train = [job.python if job.container is None else "python", "-m", "pfm.train", *job.overrides]
@@ -221,6 +239,8 @@ def build_job(args: argparse.Namespace) -> tuple[SlurmJob, DictConfig]:
     run_dir = Path(explicit.get("hydra.run.dir") or _default_run_dir()).expanduser().resolve()
     final = [o for o in overrides if (kv := _split(o)) is None or kv[0] not in (*_OWNED, "hydra.run.dir")]
     final += [f"{k}={v}" for k, v in wanted.items()]
+    if args.config_dir is not None:
+        final.append(_searchpath(args.config_dir, explicit))
     if "resume" not in explicit:
         final.append("resume=auto")  # a requeued job continues from its newest checkpoint
     final.append(f"hydra.run.dir={run_dir}")
@@ -298,6 +318,13 @@ def add_parser(sub: Any) -> None:
         description=__doc__.splitlines()[0],
     )
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for pfm-train (e.g. experiment=demo)")
+    p.add_argument(
+        "--config-dir",
+        "-cd",
+        type=Path,
+        help="your own config folder (experiment/, data/, model/ ...), as pfm-train's --config-dir; the job "
+        "reads it from the same absolute path",
+    )
     p.add_argument("--nodes", type=int, default=1, help="number of nodes (strategy.num_nodes)")
     p.add_argument(
         "--gpus-per-node", type=int, default=1, help="GPUs per node, one task each (0: CPU processes)"

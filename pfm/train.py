@@ -19,9 +19,10 @@ from pfm.build import CONF_DIR, build_task, run_info
 from pfm.callbacks import ExamplePlot, FitSummary, LossCurvePlot, StepProgressBar, ThroughputMonitor
 from pfm.callbacks.preemption import Preemption
 from pfm.checkpoints import PeriodicCheckpoint, check_compatible, resolve_resume
-from pfm.config_check import check_config, merge_trainer_devices
+from pfm.config_check import check_config
 from pfm.distributed import GlobalLoss, build_strategy
 from pfm.distributed.cluster import cluster_environment
+from pfm.distributed.trainer_switches import merge_trainer_switches
 
 __all__ = ["main", "run"]
 
@@ -31,7 +32,7 @@ log = logging.getLogger("pfm.train")
 def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
     """Build data, model, head, task, strategy and trainer from ``cfg`` and fit; returns the finished trainer."""
     output_dir = Path(output_dir)
-    merge_trainer_devices(cfg)  # trainer.devices/num_nodes are strategy.devices/num_nodes
+    merge_trainer_switches(cfg)  # trainer.precision/accelerator/devices/num_nodes are strategy.*
     # keys, types and ranges of every _target_, before anything is built; init_from may be a registry
     # name, which build_task resolves and then checks
     check_config(cfg, [key for key in cfg if key != "init_from"])

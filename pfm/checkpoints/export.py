@@ -19,6 +19,7 @@ from torch import nn
 
 from pfm.checkpoints.files import is_complete, read_checkpoint
 from pfm.checkpoints.safe import safe_load
+from pfm.extras import require_extra
 from pfm.io import atomic_path
 
 __all__ = ["export_checkpoint", "load_exported", "training_state_dict", "verify_export"]
@@ -35,6 +36,7 @@ def training_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if path.is_dir() and (path / "checkpoint").is_dir():
+        require_extra("deepspeed", "deepspeed", f"Reading the DeepSpeed checkpoint folder {path}")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         _check_deepspeed_folder(path)

@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from pfm.paths import BUNDLED_REGISTRY
+
 __all__ = [
     "BUNDLED_REGISTRY",
     "STATUSES",
@@ -42,11 +44,6 @@ __all__ = [
     "user_registry_path",
 ]
 
-BUNDLED_REGISTRY = Path(
-    os.environ.get(
-        "PFM_BUNDLED_REGISTRY", Path(__file__).resolve().parents[2] / "checkpoints" / "registry.yaml"
-    )
-)
 # supported: pfm builds the model and loads these weights; unsupported: listed, pfm cannot build it yet
 STATUSES = ("supported", "unsupported")
 _REQUIRED = ("family", "model", "files")

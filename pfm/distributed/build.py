@@ -7,7 +7,6 @@ process starts, with the list of those that will.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from torch import nn
 
 from pfm.distributed.memory import set_cpu_mmap_threshold
 from pfm.distributed.parallelize import prepare_model
+from pfm.extras import extra_problem
 
 __all__ = [
     "STRATEGIES",
@@ -153,8 +153,8 @@ def _problem(name: str, accelerator: str, devices: int | str, num_nodes: int) ->
         return "accelerator=gpu was asked for but no CUDA device is visible"
     if kind.needs_gpu and accelerator != "gpu":
         return f"{name} moves GPU memory to the CPU, and this run has no GPU (accelerator={accelerator})"
-    if kind.needs_deepspeed and importlib.util.find_spec("deepspeed") is None:
-        return "deepspeed is not installed (pip install deepspeed)"
+    if kind.needs_deepspeed and (missing := extra_problem("deepspeed", "deepspeed", f"strategy={name}")):
+        return missing
     count = _resolve_devices(devices, accelerator, kind.multi_process)
     if not kind.multi_process and (count > 1 or num_nodes > 1):
         return f"{name} runs one process, but devices={count} and num_nodes={num_nodes} were asked for"

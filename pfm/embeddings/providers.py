@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from datagen.md import AMINO_ACIDS
+from pfm.extras import require_extra
 
 __all__ = ["PROVIDERS", "ESM2Embedding", "ESMCEmbedding", "IdentityEmbedding", "residue_ids"]
 
@@ -61,6 +62,7 @@ class ESM2Embedding:
     def __init__(
         self, weights: str | Path | None = None, layer: int | None = None, device: str = "cpu"
     ) -> None:
+        require_extra("transformers", "esm2", "The ESM-2 provider (pfm embed --provider esm2)")
         from transformers import EsmModel, EsmTokenizer
 
         folder = _local_folder(weights, "ESM-2")
