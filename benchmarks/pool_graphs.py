@@ -13,7 +13,6 @@ equal (they must be: the graph replays the same kernels).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -30,9 +29,13 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _experiment_families(experiment: str) -> list[str]:
-    """The PDE families an experiment config composes (its ``/data/pde@data.pdes.<name>`` defaults)."""
-    text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
-    return re.findall(r"/data/pde@data\.pdes\.(\w+)", text)
+    """The PDE families an experiment trains on: the non-null ``data.pdes`` entries of its composed config."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    pdes = cfg.data.get("pdes") or {}
+    return [name for name, spec in pdes.items() if spec is not None]
 
 
 def _sync(device: torch.device) -> None:
@@ -103,7 +106,7 @@ def main() -> None:
         args.n = 128 if torch.device(args.device).type == "cuda" else 32
     names = _experiment_families(args.experiment)
     if not names:
-        raise SystemExit(f"conf/experiment/{args.experiment}.yaml names no /data/pde families; pick another.")
+        raise SystemExit(f"experiment={args.experiment} trains on no PDE families (data.pdes); pick another.")
     specs: list[FamilySpec] = [load_family(name) for name in names]  # conf/data/pde/<name>.yaml
     print(
         f"{args.experiment}: {len(specs)} families, n={args.n}, {args.num_trajectories} trajectories each, "

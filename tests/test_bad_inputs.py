@@ -119,8 +119,8 @@ CASES = [
         ("Fix: e.g. task.optimizer.lr=0.001",),
     ),
     Case(
-        "experiment keys the shards data does not take",
-        _checked([*DEMO, "data=shards", "data.path=TMP"]),
+        "typed keys the shards data does not take",
+        _checked([*DEMO, "data=shards", "data.path=TMP", "+data.n=64", "+data.crop=32"]),
         ValueError,
         ("data.n=64", "data.crop=32", "ShardDataModule"),
         ("~data.n ~data.crop",),
@@ -409,11 +409,14 @@ def test_every_composed_experiment_passes_the_check() -> None:
 
 
 def test_pfm_train_reports_the_shards_case_before_building(tmp_path: Path) -> None:
-    """The real entry point: the issue's `experiment=demo data=shards data.path=DIR` fails clearly, early."""
+    """The real entry point: online-data keys typed with `data=shards data.path=DIR` fail clearly, early.
+
+    (`experiment=demo data=shards` alone composes: the demo's data keys live in conf/data/demo_crops.yaml.)"""
     shards = tmp_path / "shards"
     shards.mkdir()
     out = tmp_path / "run"
-    result = pfm_train(["experiment=demo", "data=shards", f"data.path={shards}", "logger=csv"], out)
+    overrides = ["experiment=demo", "data=shards", f"data.path={shards}", "+data.n=64", "+data.crop=32"]
+    result = pfm_train([*overrides, "logger=csv"], out)
     assert result.returncode != 0
     assert "data.n=64" in result.stderr and "~data.n ~data.crop" in result.stderr, result.stderr[-2000:]
     assert "unexpected keyword argument" not in result.stderr

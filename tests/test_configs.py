@@ -90,3 +90,40 @@ def test_missing_key_is_named() -> None:
     with pytest.raises(MissingMandatoryValue) as info:
         instantiate(cfg.data)
     assert "crop" in str(info.value)
+
+
+def _reads_files(option: str) -> bool:
+    """A data option that reads a dataset from disk: it leaves ``path`` for the user (``path: ???``)."""
+    node = OmegaConf.load(CONF_DIR / "data" / f"{option}.yaml")
+    return OmegaConf.is_missing(node, "path")  # False when there is no path at all
+
+
+FILE_DATA = [o for o in _options("data") if _reads_files(o)]
+EXPERIMENT_DATA = [(e, d) for e in _options("experiment") for d in FILE_DATA]
+
+
+def test_file_based_data_choices_exist() -> None:
+    assert {"well", "shards", "mdcath"} <= set(FILE_DATA), FILE_DATA
+
+
+@pytest.mark.parametrize(
+    ("experiment", "data"), EXPERIMENT_DATA, ids=[f"{e}-{d}" for e, d in EXPERIMENT_DATA]
+)
+def test_experiment_composes_with_any_file_data(experiment: str, data: str, tmp_path: Path) -> None:
+    """`experiment=<any> data=<file-based> data.path=DIR` works as typed: the experiment's data settings
+    travel with its own data choice, so the new choice replaces them whole, and the config check passes."""
+    from pfm.config_check import config_problems
+
+    cfg = _compose([f"experiment={experiment}", f"data={data}", f"data.path={tmp_path}"])
+    alone = _compose([f"data={data}", f"data.path={tmp_path}"])
+    assert OmegaConf.to_container(cfg.data) == OmegaConf.to_container(alone.data)
+    assert config_problems(cfg) == []
+
+
+def test_a_typed_key_the_new_data_does_not_take_still_fails(tmp_path: Path) -> None:
+    """What the user typed is kept: a key for the online data, given with data=well, is named with the fix."""
+    from pfm.config_check import config_problems
+
+    cfg = _compose(["experiment=gphyt_demo", "data=well", f"data.path={tmp_path}", "+data.n=32"])
+    problems = config_problems(cfg)
+    assert len(problems) == 1 and "data.n=32" in problems[0] and "~data.n" in problems[0], problems
