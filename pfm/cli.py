@@ -19,6 +19,7 @@ _SUBCOMMAND_MODULES: list[str] = [
     "pfm.launch",
     "pfm.embeddings.cli",
     "pfm.sample",
+    "pfm.wellfmt.commands",
 ]
 
 

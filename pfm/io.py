@@ -1,14 +1,15 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename."""
+"""Atomic writes of files and folders: write to a temporary name in the same folder, then rename."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "current_umask"]
+__all__ = ["atomic_dir", "atomic_path", "current_umask"]
 
 
 def current_umask() -> int:
@@ -43,4 +44,25 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it is renamed to ``path``, on error removed.
+
+    ``path`` must not exist yet (``FileExistsError`` names it): a folder cannot be swapped in atomically over a
+    full one, and overwriting a user's data is never what a converter should do silently.
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; choose a new output folder or remove it first.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
+        os.rename(tmp, path)  # fails, rather than merges, if path appeared meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

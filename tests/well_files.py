@@ -8,6 +8,8 @@ import h5py
 import numpy as np
 import yaml
 
+from pfm.wellfmt import check_dataset
+
 
 def write_well_file(
     path: Path, *, name: str = "toy_flow", num_traj: int = 2, num_steps: int = 9, grid=(8, 6), seed=0
@@ -91,4 +93,7 @@ def make_well_dataset(root: Path, *, name: str = "toy_flow", grid=(8, 6), num_st
         "rms": {"pressure": 3.6, "velocity": [1.1] * d, "stress": [[2.0] * d] * d, "obstacle": 1.0},
     }
     (root / "stats.yaml").write_text(yaml.safe_dump(stats))
+    # every dataset a test writes passes `pfm data check` (tests that break one do so afterwards)
+    problems = [str(p) for p in check_dataset(root) if p.is_problem]
+    assert not problems, "\n".join(problems)
     return raw

@@ -1,7 +1,9 @@
 """The Well's HDF5 datasets as field windows (see :mod:`pfm.data.fields` for the batch layout).
 
 A dataset folder holds ``data/train``, ``data/valid`` and ``data/test``, each a folder of ``*.h5``/``*.hdf5``
-files, and ``stats.yaml`` beside ``data/``. In every file (The Well's ``docs/data_format.md``):
+files, and ``stats.yaml`` beside ``data/``. The layout's names, checks and reads live in
+:mod:`pfm.wellfmt.layout` (``pfm data check`` runs the same checks). In every file (The Well's
+``docs/data_format.md``):
 
 - root attributes ``dataset_name``, ``n_spatial_dims``, ``n_trajectories``, ``grid_type``;
 - ``dimensions``: attribute ``spatial_dims`` (e.g. ``['x', 'y']``), one coordinate dataset per spatial axis and
@@ -9,7 +11,7 @@ files, and ``stats.yaml`` beside ``data/``. In every file (The Well's ``docs/dat
 - ``boundary_conditions``: one group per boundary with attribute ``bc_type`` (periodic/wall/open);
 - ``t0_fields``, ``t1_fields``, ``t2_fields``: attribute ``field_names``; each field a dataset
   ``(trajectories, steps, *spatial[, D[, D]])`` with attributes ``sample_varying``, ``time_varying`` and
-  ``dim_varying``. A vector field ``velocity`` becomes channels ``velocity_x``, ``velocity_y``, ... and a tensor
+  ``dim_varying`` (a field that does not vary along an axis is broadcast along it). A vector field ``velocity`` becomes channels ``velocity_x``, ``velocity_y``, ... and a tensor
   field ``stress`` channels ``stress_xx``, ``stress_xy``, ... (The Well's own channel names); ``rename`` maps
   them to pfm's names (on top of ``DEFAULT_RENAME``: ``velocity_x -> vel_x`` etc., as GPhyT names them).
 
@@ -32,7 +34,6 @@ Public names: ``WellDataModule``, ``WellDataset``, ``DEFAULT_RENAME``.
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -48,86 +49,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from datagen.seeding import derive_seed, generator
 from pfm.data.layout import process_rank
 from pfm.data.stream_state import TrainedBatchStream
+from pfm.wellfmt.layout import WellFile
 
 __all__ = ["DEFAULT_RENAME", "WellDataModule", "WellDataset"]
 
 #: The Well's channel names that GPhyT spells differently.
 DEFAULT_RENAME: dict[str, str] = {"velocity_x": "vel_x", "velocity_y": "vel_y", "velocity_z": "vel_z"}
-
-_GROUPS = ("t0_fields", "t1_fields", "t2_fields")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _texts(values: Any) -> list[str]:
-    return [_text(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
-
-
-class _Layout:
-    """What one file holds: spatial axes and sizes, steps, trajectories and the time-varying channels."""
-
-    def __init__(self, path: Path) -> None:
-        import h5py
-
-        self.path = path
-        with h5py.File(path, "r") as f:
-            where = f"{path} (The Well's layout: see pfm/data/well.py)"
-            for key in ("dimensions", *_GROUPS):
-                if key not in f:
-                    raise ValueError(f"{where} has no group {key!r}; expected groups dimensions, {_GROUPS}.")
-            for key in ("n_spatial_dims", "n_trajectories"):
-                if key not in f.attrs:
-                    raise ValueError(f"{where} lacks the root attribute {key!r}.")
-            self.dataset_name = _text(f.attrs.get("dataset_name", path.parent.parent.parent.name))
-            self.num_spatial_dims = int(f.attrs["n_spatial_dims"])
-            self.num_trajectories = int(f.attrs["n_trajectories"])
-            dims = f["dimensions"]
-            self.spatial_dims = _texts(dims.attrs["spatial_dims"])
-            if len(self.spatial_dims) != self.num_spatial_dims:
-                raise ValueError(
-                    f"{where}: dimensions@spatial_dims={self.spatial_dims} but n_spatial_dims="
-                    f"{self.num_spatial_dims}; they must agree."
-                )
-            self.grid = tuple(int(dims[d].shape[-1]) for d in self.spatial_dims)
-            self.num_steps = int(dims["time"].shape[-1])
-            time = dims["time"]
-            times = np.asarray(time[0] if time.ndim == 2 else time[:], dtype=np.float64)
-            self.time_step = float(np.diff(times).mean()) if times.size > 1 else 1.0
-            self.boundary_conditions = {
-                name: _text(group.attrs.get("bc_type", "unknown"))
-                for name, group in f.get("boundary_conditions", {}).items()
-            }
-            # (group, field, channel names, sample_varying)
-            self.fields: list[tuple[str, str, list[str], bool]] = []
-            for order, group_name in enumerate(_GROUPS):
-                group = f[group_name]
-                for field in _texts(group.attrs.get("field_names", [])):
-                    ds = group[field]
-                    if not bool(ds.attrs.get("time_varying", True)):
-                        continue
-                    if not all(bool(v) for v in np.atleast_1d(ds.attrs.get("dim_varying", True))):
-                        raise ValueError(
-                            f"{where}: field {group_name}/{field} does not vary along every spatial axis "
-                            "(dim_varying); such fields are not supported by pfm's reader."
-                        )
-                    sample_varying = bool(ds.attrs.get("sample_varying", True))
-                    lead = (self.num_trajectories,) if sample_varying else ()
-                    expected = (*lead, self.num_steps, *self.grid, *([self.num_spatial_dims] * order))
-                    if tuple(ds.shape) != expected:
-                        raise ValueError(
-                            f"{where}: field {group_name}/{field} has shape {tuple(ds.shape)}; expected "
-                            f"{expected} (trajectories, steps, {', '.join(self.spatial_dims)}, components)."
-                        )
-                    suffixes = ["".join(p) for p in itertools.product(self.spatial_dims, repeat=order)]
-                    names = [f"{field}_{s}" if s else field for s in suffixes]
-                    self.fields.append((group_name, field, names, sample_varying))
-
-    @property
-    def channels(self) -> list[str]:
-        """The Well's names of the time-varying channels, in file order."""
-        return [name for _, _, names, _ in self.fields for name in names]
 
 
 class WellDataset(Dataset):
@@ -162,7 +89,7 @@ class WellDataset(Dataset):
             )
         if normalization not in ("stats", "sample", "none"):
             raise ValueError(f"data.normalization={normalization!r}; expected 'stats', 'sample' or 'none'.")
-        self.layouts = [_Layout(p) for p in files]
+        self.layouts = [WellFile(p) for p in files]
         first = self.layouts[0]
         for lay in self.layouts[1:]:
             if (lay.grid, lay.channels) != (first.grid, first.channels):
@@ -195,14 +122,15 @@ class WellDataset(Dataset):
         self._pid: int | None = None
 
     @staticmethod
-    def _stats(stats: Mapping[str, Any] | None, layout: _Layout) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stats(stats: Mapping[str, Any] | None, layout: WellFile) -> tuple[torch.Tensor, torch.Tensor]:
         if stats is None or "mean" not in stats or "std" not in stats:
             raise ValueError(
                 "data.normalization=stats needs stats.yaml beside data/ with 'mean' and 'std' per field; "
                 "add it, or set data.normalization=sample."
             )
         means, stds = [], []
-        for _, field, names, _ in layout.fields:
+        for info in layout.fields:
+            field, names = info.name, info.channels
             if field not in stats["mean"] or field not in stats["std"]:
                 raise ValueError(
                     f"stats.yaml has no mean/std for field {field!r}; it lists {list(stats['mean'])}."
@@ -251,17 +179,7 @@ class WellDataset(Dataset):
         g = np.random.default_rng(derive_seed(self.seed, item, epoch, "well-stride"))
         stride = int(g.integers(self.min_stride, high + 1))
         steps = slice(start, start + (self.length - 1) * stride + 1, stride)
-        f = self._file(i)
-        parts = []
-        for group, field, names, sample_varying in lay.fields:
-            ds = f[group][field]
-            data = ds[(traj, steps) if sample_varying else (steps,)]  # one hyperslab read
-            parts.append(
-                torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).reshape(
-                    *data.shape[: 1 + lay.num_spatial_dims], len(names)
-                )
-            )
-        x = torch.cat(parts, dim=-1)
+        x = torch.from_numpy(lay.read(self._file(i), traj, steps))  # one hyperslab read per field
         if self.normalization == "stats":
             x = (x - self.mean) / self.std
         elif self.normalization == "sample":
