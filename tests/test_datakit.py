@@ -253,7 +253,8 @@ def test_convert_fraction_splits_and_time_file(tmp_path: Path, capsys) -> None:
 
 # ----------------------------------------------------------------------------- what The Well's format allows
 def test_check_accepts_what_the_wells_format_allows(tmp_path: Path, capsys) -> None:
-    """Per-trajectory times, a field shared by all trajectories, a field constant along y (broadcast on read)."""
+    """Per-trajectory times, a field shared by all trajectories, a field constant along y (broadcast on read),
+    an integer field: The Well's format checker accepts these, so check does and the reader reads them."""
     make_well_dataset(tmp_path)
     for split in ("train", "valid", "test"):
         with h5py.File(tmp_path / "data" / split / f"toy_flow_{split}.hdf5", "r+") as f:
@@ -263,14 +264,19 @@ def test_check_accepts_what_the_wells_format_allows(tmp_path: Path, capsys) -> N
             t.attrs["sample_varying"] = True
             t.attrs["time_varying"] = True
             group = f["t0_fields"]
-            group.attrs["field_names"] = [*group.attrs["field_names"], "forcing", "inflow"]
+            group.attrs["field_names"] = [*group.attrs["field_names"], "forcing", "inflow", "phase"]
             forcing = group.create_dataset(
                 "forcing", data=np.arange(9 * 48, dtype=np.float32).reshape(9, 8, 6)
             )
             inflow = group.create_dataset(
                 "inflow", data=np.arange(2 * 9 * 8, dtype=np.float32).reshape(2, 9, 8)
             )
-            for ds, sample, dims in ((forcing, False, [True, True]), (inflow, True, [True, False])):
+            phase = group.create_dataset("phase", data=np.ones((2, 9, 8, 6), dtype=np.int8))
+            for ds, sample, dims in (
+                (forcing, False, [True, True]),
+                (inflow, True, [True, False]),
+                (phase, True, [True, True]),
+            ):
                 ds.attrs["sample_varying"], ds.attrs["time_varying"], ds.attrs["dim_varying"] = (
                     sample,
                     True,
@@ -281,7 +287,7 @@ def test_check_accepts_what_the_wells_format_allows(tmp_path: Path, capsys) -> N
     rc, text = run(capsys, "data", "stats", str(tmp_path))
     assert rc == 0, text
     rc, text = run(capsys, "data", "check", str(tmp_path))
-    assert rc == 0 and "'forcing', 'inflow'" in text, text
+    assert rc == 0 and "'forcing', 'inflow', 'phase'" in text and "[not-float32]" in text, text
     ds = WellDataset(tmp_path / "data" / "train", length=2, normalization="none")
     x = ds[ds.index.index((0, 1, 3))]["input"]  # trajectory 1, steps 3 and 4
     c = ds.channels.index("inflow")
@@ -374,7 +380,7 @@ BREAKERS: dict[str, tuple[Callable[[Path], None], str]] = {
         "/t0_fields/pressure",
     ),
     "dtype": (
-        lambda r: _edit(r, lambda f: _replace(f, "t0_fields/pressure", np.zeros((2, 9, 8, 6), np.int32))),
+        lambda r: _edit(r, lambda f: _replace(f, "t0_fields/pressure", np.zeros((2, 9, 8, 6), np.complex64))),
         "/t0_fields/pressure",
     ),
     "time-axis": (
@@ -392,9 +398,11 @@ BREAKERS: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
-def test_every_refused_kind_has_a_test() -> None:
+def test_every_refused_kind_has_a_test_and_every_kind_is_documented() -> None:
     assert set(BREAKERS) == set(PROBLEM_KINDS) and len(PROBLEM_KINDS) >= 10
     assert not set(PROBLEM_KINDS) & set(WARNING_KINDS)
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "own_data.md").read_text()
+    assert [k for k in [*PROBLEM_KINDS, *WARNING_KINDS] if f"`{k}`" not in doc] == []
 
 
 @pytest.mark.parametrize("kind", list(BREAKERS))
@@ -430,3 +438,27 @@ def test_check_details(tmp_path: Path, capsys) -> None:
         ValueError, match=r"velocity@dim_varying: no attribute 'dim_varying'.*\[missing-attribute\]"
     ):
         WellDataModule(str(tmp_path))
+
+
+def test_the_docs_spec_converts_as_written(tmp_path: Path, capsys) -> None:
+    """docs/own_data.md's spec, with arrays of the shapes it names, converts and passes check."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "own_data.md").read_text()
+    spec = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "spec.yaml").write_text(spec)
+    rng = np.random.default_rng(0)
+    shape = (8, 3, 4, 5)  # trajectories (the spec's splits name 0..7), steps, x, y
+    np.save(tmp_path / "temperature.npy", rng.normal(size=shape).astype(np.float32))
+    np.savez(tmp_path / "flow.npz", velocity=rng.normal(size=(*shape, 2)).astype(np.float32))
+    np.save(tmp_path / "stress.npy", rng.normal(size=(*shape, 2, 2)).astype(np.float32))
+    np.save(tmp_path / "mask.npy", (rng.random(shape[2:]) > 0.5).astype(np.float32))
+    rc, text = run(capsys, "data", "convert", str(tmp_path / "spec.yaml"), str(tmp_path / "blobs"))
+    assert rc == 0, text
+    rc, text = run(capsys, "data", "check", str(tmp_path / "blobs"))
+    assert rc == 0 and "warning" not in text, text
+    layout = WellFile(tmp_path / "blobs" / "data" / "train" / "blobs_train.hdf5")
+    assert layout.boundary_conditions == {
+        "x_periodic": "periodic",
+        "y_open_high": "open",
+        "y_wall_low": "wall",
+    }
+    assert [f.name for f in layout.constant_fields] == ["obstacle"] and layout.num_trajectories == 6

@@ -65,7 +65,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "bad-attribute": "an attribute of the wrong type, or one that contradicts another",
     "missing-dataset": "a listed field, a spatial axis's coordinates or the time axis is absent",
     "shape": "a dataset's shape is not the one its attributes imply",
-    "dtype": "a field that is not floating point, or a time axis that is not numeric",
+    "dtype": "a field or time axis that does not hold real numbers (complex, text, compound)",
     "time-axis": "time values not finite or not strictly increasing",
     "too-few-steps": "fewer than 2 time steps: nothing to predict",
     "non-finite": "NaN or Inf in a field's values",
@@ -79,7 +79,7 @@ WARNING_KINDS: dict[str, str] = {
     "boundary-condition": "a boundary condition group that does not follow The Well's format",
     "time-step": "time steps of unequal size (pfm uses their mean)",
     "unlisted-dataset": "a dataset in a field group that field_names does not list (ignored)",
-    "float64": "a field stored as float64 (The Well stores float32; pfm reads float32)",
+    "not-float32": "a field stored as another real type (The Well stores float32; pfm reads float32)",
     "stray-file": "a file in a split folder that is not *.hdf5/*.h5 (ignored)",
     "missing-test": "no data/test (pfm evaluate scores the test split)",
     "low-std": "a field whose std in stats.yaml is below 1e-4 (normalised with std 1e-4)",
@@ -396,7 +396,7 @@ class WellFile:
                 "write (steps,), or (n_trajectories, steps) with sample_varying=True.",
             )
             return False
-        if not np.issubdtype(time.dtype, np.number):
+        if time.dtype.kind not in "fiu":
             found.add(
                 "dtype",
                 path,
@@ -616,22 +616,22 @@ class WellFile:
                 f"the flags (a t{order} field has {order} trailing component axes of size n_spatial_dims).",
             )
             return None
-        if not np.issubdtype(ds.dtype, np.floating):
+        if ds.dtype.kind not in "fiub":  # real numbers; pfm reads them as float32
             found.add(
                 "dtype",
                 path,
                 where,
-                f"dtype {ds.dtype}; fields are floating point.",
-                "store it as float32 (The Well's format).",
+                f"dtype {ds.dtype}; fields hold real numbers.",
+                "store it as float32 (The Well's format); a complex field as two real fields.",
             )
             return None
-        if ds.dtype == np.float64:
+        if ds.dtype != np.float32:
             found.add(
-                "float64",
+                "not-float32",
                 path,
                 where,
-                "stored as float64.",
-                "store it as float32 to halve its size (pfm reads float32).",
+                f"stored as {ds.dtype}; pfm reads it as float32.",
+                "store it as float32 (The Well's format; half the size of float64).",
             )
         return info
 
