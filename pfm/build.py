@@ -8,6 +8,7 @@ from the DataModule's ``spec`` into the model, never written in YAML.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,8 +20,11 @@ from pfm.checkpoints.pretrained import is_registry_name, load_weights, resolve_s
 from pfm.config_check import check_config
 from pfm.distributed import StrategySetup
 from pfm.paths import CONF_DIR  # re-exported: tests and older code import it from here
+from pfm.tasks.finetune import describe_groups, freeze_parameters
 
 __all__ = ["CONF_DIR", "accepted", "build_model", "build_task", "head_model_spec", "run_info"]
+
+log = logging.getLogger("pfm.build")
 
 
 def accepted(target: Any, available: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,14 +88,37 @@ def build_task(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModul
         "num_frames": spec.get("num_frames"),
     }
     task = instantiate(cfg.task, model=model, **accepted(get_method(cfg.task._target_), task_extras))
+    _apply_finetune(cfg.get("finetune"), task)
     return datamodule, task
+
+
+def _apply_finetune(finetune: Any, task: L.LightningModule) -> None:
+    """``finetune.freeze`` and ``finetune.param_groups`` (pfm/tasks/finetune.py) on the built task's model."""
+    if not finetune:
+        return
+    if isinstance(finetune, DictConfig):
+        finetune = OmegaConf.to_container(finetune, resolve=True)
+    unknown = sorted(set(finetune) - {"freeze", "param_groups"})
+    if unknown:
+        raise ValueError(
+            f"finetune.{unknown[0]}: not a fine-tuning control; finetune takes freeze and param_groups "
+            "(docs/own_data.md). Fix: drop it or rename it."
+        )
+    frozen = freeze_parameters(task.model, finetune.get("freeze"))
+    if frozen:
+        count = sum(p.numel() for n, p in task.model.named_parameters() if n in set(frozen))
+        log.info("finetune.freeze: %d parameter tensors frozen (%s parameters)", len(frozen), f"{count:,}")
+    for i, line in enumerate(describe_groups(task.set_param_groups(finetune.get("param_groups") or []))):
+        log.info("optimizer group %d: %s", i, line)
 
 
 def run_info(cfg: DictConfig, datamodule: L.LightningDataModule, setup: StrategySetup) -> dict[str, Any]:
     """What a checkpoint records about its run: resume compares part of it, export rebuilds from it."""
     container = OmegaConf.to_container(cfg, resolve=True)
     head = container.get("head") if cfg.get("head") and cfg.head.get("_target_") else None
+    finetune = {k: v for k, v in (container.get("finetune") or {}).items() if v}
     return {
+        **({"finetune": finetune} if finetune else {}),  # absent when unused: older checkpoints still match
         "model": container["model"],
         "head": head,
         "task_target": cfg.task._target_,

@@ -11,7 +11,16 @@ from pfm.checkpoints.files import find_resume_checkpoint, is_complete, read_chec
 __all__ = ["RESUME_KEYS", "check_compatible", "resolve_resume"]
 
 # Parts of the run description that must match for the saved state to mean the same thing in this run.
-RESUME_KEYS = ("model", "head", "task_target", "data_spec", "num_data_shards", "checkpoint_format")
+# finetune (freeze, param_groups) shapes the optimizer state; run_info holds it only when set.
+RESUME_KEYS = (
+    "model",
+    "head",
+    "task_target",
+    "data_spec",
+    "num_data_shards",
+    "checkpoint_format",
+    "finetune",
+)
 
 
 def resolve_resume(resume: str | Path | None, checkpoint_dir: str | Path) -> Path | None:

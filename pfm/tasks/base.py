@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
+
+from pfm.tasks.finetune import group_parameters
 
 __all__ = ["Task"]
 
@@ -15,8 +18,11 @@ class Task(L.LightningModule):
     """Base LightningModule: holds the model and builds the optimizer over its trainable parameters.
 
     ``optimizer`` is a partial taking the parameters (``_partial_: true`` in conf/task/); ``scheduler`` a
-    partial taking the optimizer, stepped every training step.
+    partial taking the optimizer, stepped every training step. ``param_groups`` (set by
+    :meth:`set_param_groups`, from ``finetune.param_groups``) gives optimizer options per parameter-name pattern.
     """
+
+    param_groups: Sequence[Mapping[str, Any]] = ()
 
     def __init__(
         self,
@@ -39,10 +45,18 @@ class Task(L.LightningModule):
                 "(task.optimizer.lr) or enable gradient clipping (trainer.gradient_clip_val)."
             )
 
+    def set_param_groups(self, groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Use optimizer options per name pattern (:func:`pfm.tasks.finetune.group_parameters`); the groups.
+
+        Checked at once: a pattern that matches no trainable parameter raises here, before training.
+        """
+        built = group_parameters(self.model, groups)
+        self.param_groups = [dict(g) for g in groups]
+        return built if groups else []
+
     def configure_optimizers(self):
-        """The optimizer over trainable parameters, and the per-step scheduler if one is configured."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        """The optimizer over trainable parameters (in ``param_groups``), and the per-step scheduler if any."""
+        optimizer = self.optimizer_factory(group_parameters(self.model, self.param_groups))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
