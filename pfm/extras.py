@@ -14,8 +14,11 @@ __all__ = ["extra_problem", "require_extra"]
 
 def extra_problem(module: str, extra: str, purpose: str) -> str | None:
     """Why ``purpose`` cannot run (``module`` of extra ``extra`` is not installed), or None if it can."""
-    if importlib.util.find_spec(module) is not None:
-        return None
+    try:
+        if importlib.util.find_spec(module) is not None:
+            return None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        pass
     return f"{purpose} needs `{module}`, which is not installed; install it with: pip install 'pfm[{extra}]'"
 
 

@@ -7,6 +7,7 @@ loading use too. Nothing imports this module.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -23,6 +24,7 @@ from pfm.config_check import check_config
 from pfm.distributed import GlobalLoss, build_strategy
 from pfm.distributed.cluster import cluster_environment
 from pfm.distributed.trainer_switches import merge_trainer_switches
+from pfm.extras import extra_problem
 
 __all__ = ["main", "run"]
 
@@ -93,9 +95,18 @@ def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
-    """Console entry point ``pfm-train``; any ``key=value`` Hydra override applies."""
+def _hydra_main(cfg: DictConfig) -> None:
     run(cfg, HydraConfig.get().runtime.output_dir)
+
+
+def main() -> None:
+    """Console entry point ``pfm-train``; any ``key=value`` Hydra override applies."""
+    # Hydra would only say that hydra/launcher/submitit_slurm is not found
+    if any(arg.startswith("hydra/launcher=slurm") for arg in sys.argv[1:]) and (
+        missing := extra_problem("hydra_plugins.hydra_submitit_launcher", "slurm", "hydra/launcher=slurm")
+    ):
+        sys.exit(f"pfm-train: {missing}")
+    _hydra_main()
 
 
 if __name__ == "__main__":
