@@ -20,7 +20,7 @@ A small YAML spec names the arrays and what they are (paths are relative to the 
 splits), writes ``out/data/{train,valid,test}/<dataset_name>_<split>.hdf5`` (float32, one HDF5 chunk per
 frame), ``out/stats.yaml`` from the train split and ``out/convert.yaml`` (the spec, for provenance), checks the
 result with :func:`pfm.wellfmt.check.check_dataset`, and only then moves the folder into place: an error
-leaves no half-written dataset. ``.npy`` arrays are memory-mapped and copied a trajectory at a time.
+leaves no half-written dataset. ``.npy`` arrays are memory-mapped and copied in pieces of about ``max_bytes``.
 
 Public names: ``convert``, ``load_spec``.
 """
@@ -313,31 +313,42 @@ def _write_file(
         for name, group in groups.items():
             group.attrs["field_names"] = [x.name for x in fields if x.group == name]
         for x in fields:
-            _write_field(groups[x.group], x, trajectories, d, grid)
+            _write_field(groups[x.group], x, trajectories, d, grid, geometry["max_bytes"])
 
 
-def _write_field(group: Any, x: _Field, trajectories: list[int], d: int, grid: tuple[int, ...]) -> None:
+def _write_field(
+    group: Any, x: _Field, trajectories: list[int], d: int, grid: tuple[int, ...], max_bytes: int
+) -> None:
     comps = (d,) * x.order
     shared = not x.time_varying and x.array.ndim == d + x.order
+    frame = (*grid, *comps)
     if shared:
         ds = group.create_dataset(x.name, data=np.asarray(x.array, dtype=np.float32))
-    else:
-        frame = (*grid, *comps)
-        shape = (
-            (len(trajectories), x.array.shape[1], *frame) if x.time_varying else (len(trajectories), *frame)
+        pieces: list[tuple[int, int, slice]] = []
+    elif x.time_varying:
+        num_steps = x.array.shape[1]
+        ds = group.create_dataset(
+            x.name, shape=(len(trajectories), num_steps, *frame), dtype=np.float32, chunks=(1, 1, *frame)
         )
-        chunks = (1, 1, *frame) if x.time_varying else (1, *frame)
-        ds = group.create_dataset(x.name, shape=shape, dtype=np.float32, chunks=chunks)
-        for row, traj in enumerate(trajectories):  # one trajectory in memory at a time
-            data = np.asarray(x.array[traj], dtype=np.float32)
-            if not np.isfinite(data).all():
-                step = np.argwhere(~np.isfinite(data))[0][0] if x.time_varying else None
-                raise ValueError(
-                    f"fields.{x.name} ({x.file}): trajectory {traj}"
-                    + (f", step {step}," if step is not None else "")
-                    + " holds NaN/Inf; fix or leave out that trajectory (splits: lists the ones to keep)."
-                )
-            ds[row] = data
+        per = max(1, max_bytes // (4 * int(np.prod(frame))))  # frames per piece: any trajectory length fits
+        pieces = [
+            (r, t, slice(s, s + per)) for r, t in enumerate(trajectories) for s in range(0, num_steps, per)
+        ]
+    else:
+        ds = group.create_dataset(
+            x.name, shape=(len(trajectories), *frame), dtype=np.float32, chunks=(1, *frame)
+        )
+        pieces = [(r, t, slice(None)) for r, t in enumerate(trajectories)]
+    for row, traj, steps in pieces:
+        data = np.asarray(x.array[(traj, steps) if x.time_varying else (traj,)], dtype=np.float32)
+        if not np.isfinite(data).all():
+            step = (steps.start or 0) + int(np.argwhere(~np.isfinite(data))[0][0]) if x.time_varying else None
+            raise ValueError(
+                f"fields.{x.name} ({x.file}): trajectory {traj}"
+                + (f", step {step}," if step is not None else "")
+                + " holds NaN/Inf; fix or leave out that trajectory (splits: lists the ones to keep)."
+            )
+        ds[(row, steps) if x.time_varying else (row,)] = data
     ds.attrs["sample_varying"] = not shared
     ds.attrs["time_varying"] = x.time_varying
     ds.attrs["dim_varying"] = [True] * d
@@ -363,6 +374,7 @@ def convert(spec_path: str | Path, out: str | Path, *, max_bytes: int = 256 << 2
             a: _axis_values(spec, a, n, base, spec_path) for a, n in zip(dims, grid, strict=True)
         },
         "boundaries": _boundaries(spec, dims, spec_path),
+        "max_bytes": max_bytes,
     }
     name = str(spec["dataset_name"])
     with atomic_dir(out) as tmp:
