@@ -1,8 +1,13 @@
-"""Build data, model, head and task from a composed config: used by pfm-train, export and loading.
+"""Build networks and runs from configs: the one place where a network is made.
 
-This module sits below the entry points (``pfm.train``, ``pfm.cli``) and above the packages they combine, so
-that nothing has to import an entry point. Shapes that come from the data (channels, crop size) are passed
-from the DataModule's ``spec`` into the model, never written in YAML.
+:func:`build_network` builds a network from (model config, data spec, head config) and optionally loads
+weights; training (:func:`build_task`), :func:`load_exported`, :func:`load_pretrained`, ``pfm sample`` and
+``pfm evaluate`` all build through it. ``pfm.checkpoints`` below reads and writes the files (weights, the run
+description); it builds nothing.
+
+This module sits below the entry points (``pfm.train``, ``pfm.cli``, ...) and above the packages it combines
+(docs/architecture.md, the import contracts in pyproject.toml). Shapes that come from the data (channels, crop
+size) are passed from the DataModule's ``spec`` into the model, never written in YAML.
 """
 
 from __future__ import annotations
@@ -10,19 +15,40 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
-from pfm.checkpoints.pretrained import is_registry_name, load_weights, resolve_source
+from pfm.checkpoints.export import verify_export
+from pfm.checkpoints.pretrained import (
+    NAME_PATTERN,
+    foreign_state,
+    is_registry_name,
+    load_weights,
+    resolve_source,
+)
+from pfm.checkpoints.registry import get_entry
+from pfm.checkpoints.run_info import read_run_info
 from pfm.config_check import check_config
-from pfm.distributed import StrategySetup
 from pfm.paths import CONF_DIR  # re-exported: tests and older code import it from here
 from pfm.tasks.finetune import describe_groups, freeze_parameters
 
-__all__ = ["CONF_DIR", "accepted", "build_model", "build_task", "head_model_spec", "run_info"]
+__all__ = [
+    "CONF_DIR",
+    "accepted",
+    "build_model",
+    "build_network",
+    "build_task",
+    "head_model_spec",
+    "load_exported",
+    "load_pretrained",
+    "model_config",
+]
 
 log = logging.getLogger("pfm.build")
 
@@ -67,6 +93,64 @@ def _check_divisible(crop: int | None, factor: int) -> None:
         )
 
 
+def _as_config(cfg: Any) -> DictConfig:
+    # a node of a composed run config stays itself: its interpolations may point at other parts of the run
+    return cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+
+
+def build_network(
+    model_cfg: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    head_cfg: Mapping[str, Any] | None = None,
+    *,
+    init_from: str | Path | None = None,
+    weights: str | Path | Mapping[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """The network of a run: the model, ``init_from`` loaded into it, wrapped by the head, then ``weights``.
+
+    ``model_cfg`` and ``head_cfg`` are ``_target_`` configs (a composed config's nodes or plain mappings, as a
+    checkpoint's run description holds them); ``spec`` holds the data's shapes (a DataModule's ``spec``): the
+    model gets those its constructor accepts, with the head's ``model_spec`` on top, the head the data's.
+    ``init_from`` (a path or registry name, see :func:`pfm.checkpoints.load_weights`) fills the model under
+    the head before fine-tuning. ``weights`` (a path, registry name or state dict) fills the whole network;
+    a model class with ``from_official`` is built by it instead when ``weights`` holds the authors' names (a
+    torch file that is not a pfm checkpoint, or a state dict), its widths read off the shapes. In train mode.
+    """
+    model_cfg = _as_config(model_cfg)
+    head_cfg = _as_config(head_cfg) if head_cfg is not None and head_cfg.get("_target_") else None
+    if weights is not None and head_cfg is None and init_from is None:
+        official = _from_official(model_cfg, spec, weights)
+        if official is not None:
+            return official
+    # a head's model_spec (e.g. GPhyT's pretrained field vocabulary) comes first: the model must fit its weights
+    model = build_model(model_cfg, head_model_spec(spec, head_cfg))
+    if init_from:
+        load_weights(model, init_from)
+    if head_cfg is not None:
+        head = instantiate(head_cfg, _partial_=True)
+        model = head(model, **accepted(head.func, spec))
+    if isinstance(weights, Mapping):
+        model.load_state_dict(dict(weights))
+    elif weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def _from_official(
+    model_cfg: DictConfig, spec: Mapping[str, Any], weights: str | Path | Mapping[str, torch.Tensor]
+) -> nn.Module | None:
+    """The model built by its class's ``from_official(state_dict, ...)`` when it has one and ``weights`` holds
+    the authors' names (PLaTITO reads its widths off the shapes; the 3M models' are published nowhere else)."""
+    factory = getattr(get_method(model_cfg._target_), "from_official", None)
+    if not callable(factory):
+        return None
+    state = dict(weights) if isinstance(weights, Mapping) else foreign_state(resolve_source(weights))
+    if state is None:
+        return None
+    options = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items() if k != "_target_"}
+    return factory(state, **accepted(factory, {**options, **spec}))
+
+
 def build_task(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """Build the DataModule and the task (model, optional head, objective) described by ``cfg``."""
     # a registry name (init_from=tadpole-s) becomes its verified local files, downloaded if needed
@@ -75,12 +159,7 @@ def build_task(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModul
             cfg.init_from = str(resolve_source(cfg.init_from))
     check_config(cfg, ("data", "model", "head", "task", "init_from"))  # clear errors before building
     datamodule = instantiate(cfg.data)
-    model = build_model(cfg.model, head_model_spec(datamodule.spec, cfg.get("head")))
-    if cfg.get("init_from"):
-        load_weights(model, cfg.init_from)
-    if cfg.get("head") and cfg.head.get("_target_"):
-        head = instantiate(cfg.head, _partial_=True)
-        model = head(model, **accepted(head.func, datamodule.spec))
+    model = build_network(cfg.model, datamodule.spec, cfg.get("head"), init_from=cfg.get("init_from"))
     spec = datamodule.spec
     task_extras = {
         "pde_names": getattr(datamodule, "pde_names", []),
@@ -112,20 +191,67 @@ def _apply_finetune(finetune: Any, task: L.LightningModule) -> None:
         log.info("optimizer group %d: %s", i, line)
 
 
-def run_info(cfg: DictConfig, datamodule: L.LightningDataModule, setup: StrategySetup) -> dict[str, Any]:
-    """What a checkpoint records about its run: resume compares part of it, export rebuilds from it."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    head = container.get("head") if cfg.get("head") and cfg.head.get("_target_") else None
-    finetune = {k: v for k, v in (container.get("finetune") or {}).items() if v}
-    return {
-        **({"finetune": finetune} if finetune else {}),  # absent when unused: older checkpoints still match
-        "model": container["model"],
-        "head": head,
-        "task_target": cfg.task._target_,
-        "data_spec": dict(getattr(datamodule, "spec", {})),
-        "num_data_shards": cfg.data.get("num_data_shards"),
-        # DeepSpeed writes folders of shards that only DeepSpeed reads back; the others write one file
-        "checkpoint_format": "deepspeed" if setup.name.startswith("deepspeed") else "file",
-        "strategy": setup.name,
-        "config": container,
-    }
+def model_config(choice: str) -> DictConfig:
+    """The ``conf/model/<choice>.yaml`` config (read as a file: no Hydra composition below the entry points)."""
+    path = CONF_DIR / "model" / f"{choice}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+        raise ValueError(
+            f"Model config {choice!r} is not in {CONF_DIR / 'model'}; known: {', '.join(known)}."
+        )
+    cfg = OmegaConf.load(path)
+    if "defaults" in cfg:
+        cfg.pop("defaults")
+    return cfg
+
+
+def _is_export(path: Path) -> bool:
+    return path.is_dir() and (path / "config.yaml").is_file() and (path / "model.safetensors").is_file()
+
+
+def load_exported(directory: str | Path, verify: bool = True) -> nn.Module:
+    """The network of a ``pfm export`` folder with its weights, in eval mode (checksums verified first)."""
+    directory = Path(directory)
+    if verify:
+        verify_export(directory)
+    config = OmegaConf.load(directory / "config.yaml")
+    spec = OmegaConf.to_container(config.data_spec)
+    return build_network(config.model, spec, config.get("head"), weights=directory).eval()
+
+
+def load_pretrained(source: str | Path, revision: str | None = None) -> nn.Module:
+    """The built model holding the weights of ``source`` (a registry name, export folder or pfm checkpoint), in eval mode.
+
+    Registry entries are built from their ``conf/model`` choice with the data shapes in their ``spec`` and
+    loaded through :func:`pfm.checkpoints.load_weights` (the official converters included); files are
+    verified first.
+    """
+    path = Path(source).expanduser()
+    if path.exists():
+        if _is_export(path):
+            return load_exported(path, verify=(path / "SHA256SUMS").is_file())
+        _, info = read_run_info(path)
+        if info is None or not isinstance(info.get("model"), Mapping):
+            raise ValueError(
+                f"{path} carries no pfm model description, so the model cannot be rebuilt from it; give a "
+                "registry name, a `pfm export` folder or a pfm-train checkpoint, or build the model yourself "
+                "and call load_weights(model, path)."
+            )
+        spec = dict(info.get("data_spec") or {})
+        return build_network(info["model"], spec, info.get("head"), weights=path).eval()
+    if not NAME_PATTERN.match(str(source)):
+        raise FileNotFoundError(
+            f"{str(source)!r} does not exist and is not a registry name; give a registry name (`pfm list`), "
+            "a `pfm export` folder or a pfm-train checkpoint."
+        )
+    entry = get_entry(str(source))
+    if entry.status != "supported":
+        raise ValueError(
+            f"pfm cannot build {entry.name!r} yet (status: {entry.status} in {entry.source}): its model "
+            f"config {entry.model!r} or its converter is missing. `pfm download {entry.name}` still fetches "
+            "the files."
+        )
+    local = resolve_source(entry.name, revision)
+    if _is_export(local):
+        return load_exported(local, verify=False)  # the registry's sha256 were checked by the download
+    return build_network(model_config(entry.model), dict(entry.spec), weights=local).eval()

@@ -80,12 +80,13 @@ def write_ca_pdb(path: str | Path, frames: torch.Tensor, sequence: str) -> Path:
 
 def load_tito(source: str | Path) -> tuple[Any, bool]:
     """(PLaTITO model, official?) from an official .ckpt, a pfm training checkpoint or a `pfm export` folder."""
+    # pfm.build loads Lightning and Hydra: imported when a model is loaded, not for every `pfm` command
+    from pfm.build import build_network, load_exported
+    from pfm.checkpoints.safe import load_state_dict
     from pfm.models.tito import PLaTITO
 
     source = Path(source)
     if source.is_dir():
-        from pfm.checkpoints import load_exported
-
         model = load_exported(source)
         model = getattr(model, "model", model)
         if not isinstance(model, PLaTITO):
@@ -95,8 +96,6 @@ def load_tito(source: str | Path) -> tuple[Any, bool]:
         raise FileNotFoundError(
             f"checkpoint {source} does not exist; pass an official .ckpt, a pfm .ckpt or folder."
         )
-    from pfm.checkpoints.safe import load_state_dict
-
     sd = load_state_dict(source)  # tensors only: no pickled code runs
     prefixes = {k[: k.index("velocity_net.")] for k in sd if "velocity_net." in k}
     if not prefixes:
@@ -104,7 +103,8 @@ def load_tito(source: str | Path) -> tuple[Any, bool]:
     prefix = min(prefixes, key=len)  # "" for official files, "model." for pfm task checkpoints
     sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     # pfm's PLaTITO keeps the official names, so the widths of either kind are read off the shapes
-    return PLaTITO.from_official(sd).eval(), prefix == ""
+    model = build_network({"_target_": f"{PLaTITO.__module__}.{PLaTITO.__qualname__}"}, {}, weights=sd)
+    return model.eval(), prefix == ""
 
 
 def _sequence_inputs(model: Any, sequence: str, args: argparse.Namespace, official: bool) -> dict[str, Any]:

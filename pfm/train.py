@@ -16,10 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from pfm.build import CONF_DIR, build_task, run_info
+from pfm.build import CONF_DIR, build_task
 from pfm.callbacks import ExamplePlot, FitSummary, LossCurvePlot, StepProgressBar, ThroughputMonitor
 from pfm.callbacks.preemption import Preemption
-from pfm.checkpoints import PeriodicCheckpoint, check_compatible, resolve_resume
+from pfm.checkpoints import PeriodicCheckpoint, check_compatible, resolve_resume, run_info
 from pfm.config_check import check_config
 from pfm.distributed import GlobalLoss, build_strategy
 from pfm.distributed.cluster import cluster_environment
@@ -46,7 +46,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
 
     checkpoint_dir = output_dir / "checkpoints"
     resume = resolve_resume(cfg.get("resume") or cfg.get("ckpt_path"), checkpoint_dir)
-    info = run_info(cfg, datamodule, setup)
+    info = run_info(cfg, getattr(datamodule, "spec", {}), setup.name)
     if resume is not None:
         check_compatible(resume, info)
         log.info("Resuming from %s", resume)

@@ -11,8 +11,8 @@ import torch
 from conftest import pfm_train
 from omegaconf import OmegaConf
 
-from pfm.build import build_task
-from pfm.checkpoints import load_exported, read_checkpoint
+from pfm.build import build_task, load_exported
+from pfm.checkpoints import read_checkpoint
 from pfm.checkpoints.export import training_state_dict
 from pfm.cli import main as pfm_cli
 

@@ -1,10 +1,17 @@
-"""The two import packages import cleanly and keep their boundaries (DESIGN.md: layout and boundaries)."""
+"""The two import packages import cleanly and keep their boundaries (docs/architecture.md: the layers).
+
+The layers themselves are import-linter contracts in pyproject.toml; the last tests show that `lint-imports`
+passes on the tree and fails when an upward import, an import cycle or an unplaced module is planted in a copy.
+"""
 
 from __future__ import annotations
 
 import ast
 import importlib
 import pkgutil
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +104,42 @@ def test_nothing_imports_the_entry_points() -> None:
         if _imported_modules(p) & entry_points
     }
     assert not offenders, f"entry points must not be imported by library code: {offenders}"
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess:
+    """``lint-imports`` on the pfm and datagen packages found under ``root`` (its own pyproject.toml)."""
+    script = Path(sys.executable).with_name("lint-imports")
+    command = [str(script)] if script.exists() else [shutil.which("lint-imports") or "lint-imports"]
+    env = {"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(root), "HOME": str(root)}
+    return subprocess.run(
+        [*command, "--no-cache"], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture
+def tree_copy(tmp_path: Path) -> Path:
+    """pfm/, datagen/ and pyproject.toml copied, so that a planted import cannot touch the checkout."""
+    for name in ("pfm", "datagen"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def test_lint_imports_passes_on_the_tree(tree_copy: Path) -> None:
+    result = _lint_imports(tree_copy)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
+
+
+def test_lint_imports_fails_on_planted_violations(tree_copy: Path) -> None:
+    """An upward import inside a function (function-level imports count), a cycle between two models and a
+    module placed in no layer, planted at once (one run of lint-imports): each is named."""
+    models = tree_copy / "pfm" / "models"
+    (models / "upward.py").write_text("def f():\n    import pfm.train\n")
+    (models / "cycle.py").write_text("import pfm.models.tito\n")
+    (models / "tito.py").write_text((models / "tito.py").read_text() + "\nimport pfm.models.cycle  # noqa\n")
+    (tree_copy / "pfm" / "unplaced.py").write_text("X = 1\n")
+    result = _lint_imports(tree_copy)
+    assert result.returncode != 0, f"lint-imports passed with violations planted:\n{result.stdout[-2000:]}"
+    for named in ("pfm.models.upward -> pfm.train", "No cycles are allowed in pfm.models", "pfm.unplaced"):
+        assert named in result.stdout, f"{named!r} not reported:\n{result.stdout[-3000:]}"

@@ -295,7 +295,8 @@ def test_demo_then_finetune_on_new_fields_end_to_end(tmp_path: Path) -> None:
     rows = _metrics(tune / "csv" / "metrics.csv")
     assert any(r.get("val/nrmse/species_v") for r in rows)
     # the export rebuilds the fine-tuned model (pretrained vocabulary + new fields, LoRA) and loads it strictly
-    from pfm.checkpoints.export import export_checkpoint, load_exported
+    from pfm.build import load_exported
+    from pfm.checkpoints.export import export_checkpoint
 
     model = load_exported(export_checkpoint(tune / "checkpoints" / "last.ckpt", tmp_path / "export"))
     assert model.fields == ("vorticity", "vel_x", "vel_y", "species_u", "species_v")

@@ -14,9 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from safetensors.torch import save_file
 from torch import nn
 
-from pfm.build import CONF_DIR, build_model
-from pfm.checkpoints import get_entry, load_pretrained, load_registry, load_weights
-from pfm.checkpoints.pretrained import model_config
+from pfm.build import CONF_DIR, build_model, load_pretrained, model_config
+from pfm.checkpoints import get_entry, load_registry, load_weights
 from pfm.checkpoints.registry import BUNDLED_REGISTRY, export_entry
 
 PUBLISHED = {

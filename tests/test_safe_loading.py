@@ -186,8 +186,7 @@ _SPEC = {"num_channels": 1, "crop_size": 16, "num_spatial_dims": 3}
 def _pfm_checkpoint(path: Path, marker: Path, *, poison_weights: bool) -> torch.nn.Module:
     """A checkpoint shaped like pfm-train's (ConvVAE under ``model.``, a ``pfm`` run description) that also
     carries payloads which run code when unpickled with weights_only=False."""
-    from pfm.build import build_model
-    from pfm.checkpoints.pretrained import model_config
+    from pfm.build import build_model, model_config
 
     model = build_model(model_config("conv_vae"), _SPEC)
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -276,7 +275,7 @@ def test_pfm_export_runs_no_pickled_code(tmp_path, capsys):
 
 
 def test_load_pretrained_runs_no_pickled_code(tmp_path, monkeypatch):
-    from pfm.checkpoints import load_pretrained
+    from pfm.build import load_pretrained
 
     marker = tmp_path / "ran"
     source = _pfm_checkpoint(tmp_path / "good.ckpt", marker, poison_weights=False)

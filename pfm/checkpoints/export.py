@@ -1,7 +1,7 @@
 """``pfm export``: any training checkpoint (file, or DeepSpeed ZeRO shards) -> a publishable model folder.
 
 The folder holds ``model.safetensors`` (the network's weights, fp32, names as in the plain ``nn.Module``),
-``config.yaml`` (the model, head and data-shape config that :func:`load_exported` rebuilds it from),
+``config.yaml`` (the model, head and data-shape config that ``pfm.build.load_exported`` rebuilds it from),
 a ``README.md`` model card, and ``SHA256SUMS``. Every file is written atomically.
 """
 
@@ -15,14 +15,13 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 
 from pfm.checkpoints.files import is_complete, read_checkpoint
 from pfm.checkpoints.safe import safe_load
 from pfm.extras import require_extra
 from pfm.io import atomic_path
 
-__all__ = ["export_checkpoint", "load_exported", "training_state_dict", "verify_export"]
+__all__ = ["export_checkpoint", "training_state_dict", "verify_export"]
 
 _NETWORK_PREFIX = "model."  # the task holds its network (model, or head wrapping it) as `self.model`
 
@@ -168,7 +167,7 @@ def _model_card(info: Mapping[str, Any], step: int | None, num_params: int, sour
         "",
         "## Use",
         "```python",
-        "from pfm.checkpoints import load_exported",
+        "from pfm.build import load_exported",
         'model = load_exported("<this folder>")  # a plain torch.nn.Module in eval mode',
         "```",
         "",
@@ -232,24 +231,3 @@ def verify_export(directory: str | Path) -> None:
             raise ValueError(
                 f"{directory / name} has SHA-256 {actual}, expected {digest}; re-export or re-download."
             )
-
-
-def load_exported(directory: str | Path, verify: bool = True) -> nn.Module:
-    """Rebuild the network from an export folder and load its weights (checksums verified first)."""
-    from hydra.utils import instantiate
-    from safetensors.torch import load_file
-
-    from pfm.build import accepted, build_model, head_model_spec
-
-    directory = Path(directory)
-    if verify:
-        verify_export(directory)
-    config = OmegaConf.load(directory / "config.yaml")
-    spec = OmegaConf.to_container(config.data_spec)
-    # built as in training: a head's model_spec (e.g. a pretrained field vocabulary) comes first
-    model = build_model(config.model, head_model_spec(spec, config.get("head")))
-    if config.get("head") and config.head.get("_target_"):
-        head = instantiate(config.head, _partial_=True)
-        model = head(model, **accepted(head.func, spec))
-    model.load_state_dict(load_file(directory / "model.safetensors"))
-    return model.eval()

@@ -21,6 +21,8 @@ entry of the same name. Public names: :class:`Entry`, :class:`FileSpec`, :func:`
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -29,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
+from safetensors import safe_open
 
-from pfm.paths import BUNDLED_REGISTRY
+from pfm.paths import BUNDLED_REGISTRY, CONF_DIR
 
 __all__ = [
     "BUNDLED_REGISTRY",
@@ -260,8 +264,6 @@ def load_registry(user: str | Path | None = None) -> dict[str, Entry]:
 
 def get_entry(name: str, entries: Mapping[str, Entry] | None = None) -> Entry:
     """The entry called ``name``; a KeyError lists the known names and the closest match."""
-    import difflib
-
     entries = load_registry() if entries is None else entries
     if name in entries:
         return entries[name]
@@ -284,10 +286,6 @@ def export_entry(export_dir: str | Path, url_prefix: str | None = None) -> dict[
     ``url_prefix`` is where the folder will be hosted (``hf://org/repo`` or an https folder); without it the
     URLs are local ``file://`` paths, which ``pfm download`` also accepts.
     """
-    import hashlib
-
-    from omegaconf import OmegaConf
-
     export_dir = Path(export_dir).resolve()
     config = OmegaConf.to_container(OmegaConf.load(export_dir / "config.yaml"))
     sums = {}
@@ -301,8 +299,6 @@ def export_entry(export_dir: str | Path, url_prefix: str | None = None) -> dict[
         digest = sums.get(file_name) or hashlib.sha256((export_dir / file_name).read_bytes()).hexdigest()
         url = f"{url_prefix.rstrip('/')}/{file_name}" if url_prefix else (export_dir / file_name).as_uri()
         files.append({"url": url, "sha256": digest, "num_bytes": (export_dir / file_name).stat().st_size})
-    from safetensors import safe_open
-
     with safe_open(str(export_dir / "model.safetensors"), "pt") as f:
         num_parameters = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
     family = target.rsplit(".", 1)[-1].lower()
@@ -330,8 +326,6 @@ def _numel(shape: list[int]) -> int:
 
 def _model_choice(model_cfg: Mapping[str, Any]) -> str | None:
     """The conf/model file whose ``_target_`` (and size, if any) match ``model_cfg``, if there is one."""
-    from pfm.build import CONF_DIR
-
     for path in sorted((CONF_DIR / "model").glob("*.yaml")):
         try:
             cfg = yaml.safe_load(path.read_text()) or {}

@@ -45,19 +45,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# the official release's sizes and field vocabulary live with its converter, which imports nothing of this module
+from pfm.models.gphyt_official import GPHYT_SIZES, OFFICIAL_FIELDS, load_official, to_official
 from pfm.models.gphyt_stencil import StencilWeights
 from pfm.models.layers.attention import check_attention_backend
 from pfm.models.layers.vit import TransformerBlock, axial_rope
 
 __all__ = ["GPHYT_SIZES", "INTEGRATORS", "OFFICIAL_FIELDS", "GPhyT"]
 
-OFFICIAL_FIELDS: tuple[str, ...] = ("pressure", "density", "temperature", "vel_x", "vel_y")
-GPHYT_SIZES: dict[str, dict[str, int]] = {
-    "S": {"hidden_dim": 192, "mlp_dim": 768, "num_heads": 3, "num_layers": 12},
-    "M": {"hidden_dim": 768, "mlp_dim": 3072, "num_heads": 12, "num_layers": 12},
-    "L": {"hidden_dim": 1024, "mlp_dim": 4096, "num_heads": 16, "num_layers": 24},
-    "XL": {"hidden_dim": 1280, "mlp_dim": 5120, "num_heads": 16, "num_layers": 32},
-}
 INTEGRATORS: tuple[str, ...] = ("euler", "heun", "rk4")
 POSITIONS: tuple[str, ...] = ("absolute", "rope")
 # Defaults per number of spatial axes: the grid the position embedding is trained on, and (t, *space) patches.
@@ -507,14 +502,10 @@ class GPhyT(nn.Module):
         holds them all, else to the vocabulary in order. The absent embeddings are zeroed (official fields
         are zero-filled). A position embedding of another spatial size replaces this model's (and its grid).
         """
-        from pfm.models.gphyt_official import load_official
-
         load_official(self, state_dict)
 
     def to_official_state_dict(self) -> dict[str, torch.Tensor]:
         """This model in the official layout (names and shapes of `PhysicsTransformer`); to_qkv = [I; I; I]."""
-        from pfm.models.gphyt_official import to_official
-
         embedding = self.absent_embedding.detach()
         if embedding.device.type != "meta" and bool(embedding.abs().max() > 0):
             warnings.warn(

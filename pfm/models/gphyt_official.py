@@ -13,15 +13,30 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-if TYPE_CHECKING:
-    from pfm.models.gphyt import GPhyT
+__all__ = [
+    "GPHYT_SIZES",
+    "OFFICIAL_FIELDS",
+    "load_official",
+    "official_shapes",
+    "official_tensors",
+    "to_official",
+]
 
-__all__ = ["load_official", "official_shapes", "official_tensors", "to_official"]
+# The published weights' field vocabulary, in their channel order, and their four sizes (pfm.models.gphyt
+# re-exports both). The converter takes the model as any module with GPhyT's attributes: importing GPhyT here
+# would close a circle (gphyt imports this module).
+OFFICIAL_FIELDS: tuple[str, ...] = ("pressure", "density", "temperature", "vel_x", "vel_y")
+GPHYT_SIZES: dict[str, dict[str, int]] = {
+    "S": {"hidden_dim": 192, "mlp_dim": 768, "num_heads": 3, "num_layers": 12},
+    "M": {"hidden_dim": 768, "mlp_dim": 3072, "num_heads": 12, "num_layers": 12},
+    "L": {"hidden_dim": 1024, "mlp_dim": 4096, "num_heads": 16, "num_layers": 24},
+    "XL": {"hidden_dim": 1280, "mlp_dim": 5120, "num_heads": 16, "num_layers": 32},
+}
 
 _NESTING_KEYS = ("model_state_dict", "state_dict", "model", "module")
 _BLOCK = "attention_blocks.{}."
@@ -53,7 +68,7 @@ def official_tensors(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def official_shapes(model: GPhyT, num_fields: int | None = None) -> dict[str, tuple[int, ...]]:
+def official_shapes(model: nn.Module, num_fields: int | None = None) -> dict[str, tuple[int, ...]]:
     """Official names and shapes for `model`'s widths, patch and position embedding (2D, absolute only)."""
     dim, mlp, patch = model.hidden_dim, model.mlp_dim, model.patch_size
     fields = len(model.fields) if num_fields is None else num_fields
@@ -90,7 +105,7 @@ def official_shapes(model: GPhyT, num_fields: int | None = None) -> dict[str, tu
     return shapes
 
 
-def _check_convertible(model: GPhyT) -> None:
+def _check_convertible(model: nn.Module) -> None:
     if model.num_spatial_dims != 2 or model.pos_embedding is None:
         raise ValueError(
             f"the official GPhyT layout is 2D with an absolute position embedding; this model has "
@@ -101,8 +116,6 @@ def _check_convertible(model: GPhyT) -> None:
 
 def _describe(sd: Mapping[str, torch.Tensor]) -> str:
     """'hidden 192, 12 layers (GPhyT-S)' read off an official state dict's shapes."""
-    from pfm.models.gphyt import GPHYT_SIZES
-
     dim = sd[_TOKENIZER + "weight"].shape[0] if _TOKENIZER + "weight" in sd else None
     layers = len({k.split(".")[1] for k in sd if k.startswith("attention_blocks.")})
     size = next(
@@ -111,10 +124,8 @@ def _describe(sd: Mapping[str, torch.Tensor]) -> str:
     return f"hidden {dim}, {layers} layers" + (f" (GPhyT-{size}, use size={size!r})" if size else "")
 
 
-def _field_columns(model: GPhyT, num_file_fields: int) -> list[int]:
+def _field_columns(model: nn.Module, num_file_fields: int) -> list[int]:
     """Vocabulary index of each of the file's channels: by name for the official 5, else in order."""
-    from pfm.models.gphyt import OFFICIAL_FIELDS
-
     if num_file_fields == len(OFFICIAL_FIELDS) and all(f in model.fields for f in OFFICIAL_FIELDS):
         return [model.fields.index(f) for f in OFFICIAL_FIELDS]
     if num_file_fields == len(model.fields):
@@ -125,7 +136,7 @@ def _field_columns(model: GPhyT, num_file_fields: int) -> list[int]:
     )
 
 
-def load_official(model: GPhyT, state_dict: Mapping[str, Any]) -> None:
+def load_official(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
     """Copy an official state dict into `model` (see `GPhyT.load_official_state_dict`)."""
     _check_convertible(model)
     sd = official_tensors(state_dict)
@@ -202,7 +213,7 @@ def load_official(model: GPhyT, state_dict: Mapping[str, Any]) -> None:
                 module.bias.copy_(sd[f"{b}{theirs}.bias"])
 
 
-def to_official(model: GPhyT) -> dict[str, torch.Tensor]:
+def to_official(model: nn.Module) -> dict[str, torch.Tensor]:
     """`model` in the official layout; to_qkv = [I; I; I] and in_proj = the folded q/k/v matrix."""
     _check_convertible(model)
     dim, fields = model.hidden_dim, len(model.fields)
