@@ -112,7 +112,7 @@ class ESMCEmbedding:
         except ImportError as err:
             raise ImportError(
                 "The ESM C provider needs EvolutionaryScale's `esm` package, which pins its own torch: install "
-                "it without dependencies, `pip install -e .[esmc] && pip install --no-deps esm==3.2.1.post1` "
+                "it without dependencies, `pip install 'pfm[esmc]' && pip install --no-deps esm==3.2.1.post1` "
                 "(docs/tito.md), or use --provider esm2 / a precomputed table."
             ) from err
         path = _local_folder(weights, "ESM C")
