@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,13 +44,105 @@ DIFFUSION = {
 BURGERS = {"name": "burgers", "dt": 0.002, "coefficients": {"diffusivity": [0.04, 0.06]}}
 
 
+# ------------------------------------------------------------------ every test starts from the same state
+# Each test (and each module- or session-scoped fixture) starts from the same seed, with the session's torch
+# thread count and an environment that earlier tests cannot have changed; so a test gives the same result
+# alone (`-k`), in any order, and after any other test. Comparisons of two evaluation orders of one float
+# computation take their tolerance from `rounding_tolerance`, never from what one CPU happened to give.
+
+SEED = int(os.environ.get("PFM_TEST_SEED", "0"))  # another value runs the suite on other random inputs
+# What torch chose at start-up (OMP_NUM_THREADS, else the cores); every test begins with it, so that a run
+# with OMP_NUM_THREADS=2 tests 2-thread float reduction orders in every test that does not opt out.
+SESSION_THREADS = torch.get_num_threads()
+
+
+def seed_everything(seed: int = SEED) -> None:
+    """Seed torch, numpy and random: what every test and every wider-scoped fixture starts from."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest) -> object:
+    """A module- or session-scoped fixture draws from SEED, wherever in the run it is first set up."""
+    if fixturedef.scope != "function":
+        seed_everything()
+    return (yield)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_environment_after_module() -> Iterator[None]:
+    """Environment variables a module-scoped fixture sets end with the module."""
+    before = dict(os.environ)
+    yield
+    _restore_environment(before)
+
+
+@pytest.fixture(autouse=True)
+def _same_start_for_every_test() -> Iterator[None]:
+    """Seeded generators, the session's torch threads, and os.environ restored after the test."""
+    before = dict(os.environ)
+    torch.set_num_threads(SESSION_THREADS)
+    seed_everything()
+    yield
+    torch.set_num_threads(SESSION_THREADS)
+    _restore_environment(before)
+
+
+def _restore_environment(before: dict[str, str]) -> None:
+    for name in set(os.environ) - set(before):
+        del os.environ[name]
+    for name, value in before.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
 @pytest.fixture
-def one_thread():
-    """Small FFTs on a shared 2-core machine: one torch thread avoids OpenMP contention (restored after)."""
-    before = torch.get_num_threads()
+def one_thread() -> Iterator[None]:
+    """Small FFTs on a shared 2-core machine: one torch thread avoids OpenMP contention (restored after).
+
+    An opt-in on top of the session's count, not the default: the default keeps OMP_NUM_THREADS=2 meaningful.
+    """
     torch.set_num_threads(1)
     yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(SESSION_THREADS)
+
+
+ROUNDING_LAMBDA = 6.0  # rounding_tolerance's confidence factor; see there
+
+
+def rounding_tolerance(
+    reference: torch.Tensor, *, terms: int, scale: float | None = None
+) -> dict[str, float]:
+    """``assert_close`` tolerances for two evaluation orders of one computation whose result is ``reference``.
+
+    For orders that differ only in rounding (padded vs unpadded, batched vs one by one, fused vs plain,
+    compiled vs eager, split over processes), in ``reference``'s precision (float64 where the code allows).
+    Error model: Higham and Mary's probabilistic rounding error analysis (SIAM J. Sci. Comput. 41(5), 2019):
+    with rounding errors of mean zero, a sum of n terms, in any order, with or without FMA, is off by at most
+    lambda * sqrt(n) * u * S, u = eps / 2, S = the size of the summed terms, except with a probability below
+    2n exp(-lambda^2 / 2) (2e-5 for lambda = 6 and n = 600). Two orders of one computation then differ by at
+    most 2 * lambda * sqrt(n) * u * S = lambda * sqrt(n) * eps * S, the ``atol`` returned (``rtol`` 0: the
+    error follows the size of the values, not of each element). The worst case (n instead of sqrt(n)) is
+    never reached by the reductions of BLAS or FFT libraries; it would also hide leaks 30x larger.
+
+    - ``terms`` (n): the number of terms summed along the longest chain of the computation; for a network,
+      the sum over its layers (and passes) of each layer's reduction lengths (normalised layers pass errors
+      on unamplified);
+    - ``scale`` (S): by default ``max|reference|``; pass the size of the summed terms when they are larger
+      than the result (cancellation).
+
+    A real bug (leaked padding, a wrong row, a missed term) moves results by far more than this.
+    """
+    eps = torch.finfo(reference.real.dtype).eps
+    size = float(reference.detach().abs().max()) if scale is None else float(scale)
+    if terms < 1:
+        raise ValueError(f"terms={terms}; expected the number of summed terms, at least 1")
+    return {"rtol": 0.0, "atol": ROUNDING_LAMBDA * terms**0.5 * eps * size}
+
+
+# ----------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture

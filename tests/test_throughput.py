@@ -97,7 +97,15 @@ def test_metrics_are_logged_and_finite(tmp_path: Path) -> None:
         for key in keys:
             value = float(row[key])
             assert math.isfinite(value) and value >= 0, (key, row[key])
+        samples, wait = float(row["perf/samples_per_s"]), float(row["perf/data_wait_fraction"])
+        # a real, timed step: more than 0 samples/s, and a step of a 600-parameter MLP on 4 samples takes
+        # more than a microsecond (not the 1e-9 s floor that guards the division)
+        assert 0 < samples < 4 / 1e-6, row
+        assert wait <= 1, row  # a fraction of the step
         tflops, mfu = float(row["perf/model_tflops_per_s"]), float(row["perf/mfu"])
+        assert tflops > 0, row
+        # both are one count over the same step time: FLOP/s = samples/s / batch * FLOPs per step
+        assert tflops * 1e12 == pytest.approx(samples / 4 * monitor.flops_per_step, rel=1e-6)
         assert mfu == pytest.approx(tflops, rel=1e-6)  # peak is 1 TFLOP/s, so MFU equals achieved TFLOP/s
         assert float(row["perf/peak_rss_mib/rank0"]) > 10
 
