@@ -35,6 +35,7 @@ def write_well_file(
         dims.attrs["spatial_dims"] = axes
         t = dims.create_dataset("time", data=np.arange(num_steps, dtype=np.float32) * 0.25)
         t.attrs["sample_varying"] = False
+        t.attrs["time_varying"] = True
         for axis, n in zip(axes, grid, strict=True):
             c = dims.create_dataset(axis, data=np.linspace(0, 1, n, dtype=np.float32))
             c.attrs["sample_varying"] = False

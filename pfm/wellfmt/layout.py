@@ -385,6 +385,14 @@ class WellFile:
                 "write it as True or False.",
             )
             return False
+        if "time_varying" not in time.attrs:
+            found.add(
+                "well-attribute",
+                path,
+                "/dimensions/time@time_varying",
+                "no attribute 'time_varying' (The Well's current checker asks for it on the time axis).",
+                "set it to True.",
+            )
         expected_ndim = 2 if sample_varying else 1
         if time.ndim != expected_ndim or (sample_varying and time.shape[0] != self.num_trajectories):
             lead = "(trajectories, steps)" if sample_varying else "(steps,)"
