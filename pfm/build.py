@@ -158,7 +158,7 @@ def build_task(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModul
         with open_dict(cfg):
             cfg.init_from = str(resolve_source(cfg.init_from))
     check_config(cfg, ("data", "model", "head", "task", "init_from"))  # clear errors before building
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, **_data_sample(cfg))
     model = build_network(cfg.model, datamodule.spec, cfg.get("head"), init_from=cfg.get("init_from"))
     spec = datamodule.spec
     task_extras = {
@@ -169,6 +169,25 @@ def build_task(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModul
     task = instantiate(cfg.task, model=model, **accepted(get_method(cfg.task._target_), task_extras))
     _apply_finetune(cfg.get("finetune"), task)
     return datamodule, task
+
+
+def _data_sample(cfg: DictConfig) -> dict[str, str]:
+    """``sample=<what the task reads>`` for a DataModule that serves several kinds and was left to choose.
+
+    ``data=well`` serves GPhyT's field windows, Tadpole's dynamics windows or its autoencoder's crops;
+    ``data.sample: null`` (its config's default) means the kind the task declares (``Task.data_sample``), so
+    ``experiment=<any> data=well data.path=DIR`` works as typed. An explicit ``data.sample`` stands.
+    """
+    if "sample" not in cfg.data or cfg.data.sample is not None:
+        return {}
+    kind = getattr(get_method(cfg.task._target_), "data_sample", None)
+    if kind is None:
+        raise ValueError(
+            f"data.sample=null lets the task choose what {cfg.data._target_} serves, but task "
+            f"{cfg.task._target_} reads none of its kinds. Fix: data.sample=fields|windows|crops, or a task "
+            "that reads one (next_frame, dynamics, autoencoder)."
+        )
+    return {"sample": kind}
 
 
 def _apply_finetune(finetune: Any, task: L.LightningModule) -> None:

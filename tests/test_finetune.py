@@ -1,5 +1,5 @@
-"""Fine-tuning controls (finetune.freeze, finetune.param_groups): the optimizer's groups and learning rates, frozen
-parameters that get no gradient and do not move, and clear errors for patterns that match nothing."""
+"""Fine-tuning controls (finetune.freeze, finetune.param_groups): the optimizer's groups and learning rates,
+frozen parameters that get no gradient and do not move, and clear errors for patterns that match nothing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""The Well's HDF5 datasets as field windows (see :mod:`pfm.data.fields` for the batch layout).
+"""The Well's HDF5 datasets, 2D or 3D, as GPhyT field windows, Tadpole dynamics windows or Tadpole crops.
+
+``WellDataModule(sample=...)``: ``fields`` (see :mod:`pfm.data.fields` for the batch layout), ``windows``
+(channels first, as :class:`pfm.data.OnlineWindowDataModule`) or ``crops`` (single-channel cubes of one frame
+of one field component, as :class:`pfm.data.OnlineCropDataModule`).
 
 A dataset folder holds ``data/train``, ``data/valid`` and ``data/test``, each a folder of ``*.h5``/``*.hdf5``
 files, and ``stats.yaml`` beside ``data/``. The layout's names, checks and reads live in
@@ -11,8 +15,9 @@ files, and ``stats.yaml`` beside ``data/``. The layout's names, checks and reads
 - ``boundary_conditions``: one group per boundary with attribute ``bc_type`` (periodic/wall/open);
 - ``t0_fields``, ``t1_fields``, ``t2_fields``: attribute ``field_names``; each field a dataset
   ``(trajectories, steps, *spatial[, D[, D]])`` with attributes ``sample_varying``, ``time_varying`` and
-  ``dim_varying`` (a field that does not vary along an axis is broadcast along it). A vector field ``velocity`` becomes channels ``velocity_x``, ``velocity_y``, ... and a tensor
-  field ``stress`` channels ``stress_xx``, ``stress_xy``, ... (The Well's own channel names); ``rename`` maps
+  ``dim_varying`` (a field that does not vary along an axis is broadcast along it). A vector field ``velocity``
+  becomes channels ``velocity_x``, ``velocity_y``, ... and a tensor field ``stress`` channels ``stress_xx``,
+  ``stress_xy``, ... (The Well's own channel names); ``rename`` maps
   them to pfm's names (on top of ``DEFAULT_RENAME``: ``velocity_x -> vel_x`` etc., as GPhyT names them).
 
 Fields that do not vary in time are constant inputs in The Well; a next-frame model has nothing to predict for
@@ -21,15 +26,16 @@ a number for scalars and one per component for vectors and tensors.
 
 Normalisation (``normalization``): ``stats`` standardises each channel with ``stats.yaml``'s mean and std, the
 same in every split; ``sample`` standardises each window per channel with the mean and std of its context
-frames (as the official GPhyT does); ``none`` keeps raw values.
+frames (as the official GPhyT does; a Tadpole window by its first frame, a crop by itself); ``none`` keeps raw
+values.
 
 Why not the ``the_well`` package: it installs cleanly, but its ``WellDataset`` opens the HDF5 file again for
 every item and draws the time stride from NumPy's global random state (not reproducible per worker or on
 resume), and it returns its own dict layout. Here each worker opens each file once and keeps it open, every
-read is one h5py hyperslab per field (``[trajectory, t0:t1:stride]``), so only the window is read, and strides
-come from ``(seed, index, epoch)``.
+read is one h5py hyperslab per field (``[trajectory, t0:t1:stride, box]``), so only the window (and crop) is
+read, and strides and crop positions come from ``(seed, index, epoch)``.
 
-Public names: ``WellDataModule``, ``WellDataset``, ``DEFAULT_RENAME``.
+Public names: ``WellDataModule``, ``WellDataset``, ``WellCropDataset``, ``DEFAULT_RENAME``.
 """
 
 from __future__ import annotations
@@ -49,44 +55,41 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from datagen.seeding import derive_seed, generator
 from pfm.data.layout import process_rank
 from pfm.data.stream_state import TrainedBatchStream
-from pfm.wellfmt.layout import WellFile
+from pfm.wellfmt.layout import WellFile, split_files
 
-__all__ = ["DEFAULT_RENAME", "WellDataModule", "WellDataset"]
+__all__ = ["DEFAULT_RENAME", "WellCropDataset", "WellDataModule", "WellDataset"]
 
 #: The Well's channel names that GPhyT spells differently.
 DEFAULT_RENAME: dict[str, str] = {"velocity_x": "vel_x", "velocity_y": "vel_y", "velocity_z": "vel_z"}
 
 
-class WellDataset(Dataset):
-    """Windows of ``length`` frames, ``stride`` steps apart, from one split folder of a Well dataset.
+def _split_files(folder: Path) -> list[Path]:
+    """The HDF5 files of a split folder, sorted; a clear error when there are none."""
+    files = split_files(folder) if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(
+            f"No *.h5 or *.hdf5 files in {folder}; data.path must be a Well dataset folder holding "
+            "data/train, data/valid and data/test (`pfm data check DIR` lists what is wrong)."
+        )
+    return files
 
-    Item ``i`` is a ``(file, trajectory, start)`` triple; its stride is drawn uniformly from
-    ``[min_stride, max_stride]`` (as far as the trajectory allows) with a seed derived from ``(seed, i, epoch)``.
-    Items are dicts with ``input`` ``(length, *grid, channels)`` float32, ``field_mask`` ``(channels,)``,
-    ``source``, ``dt`` and ``stride`` (scalars).
-    """
+
+class _SplitFiles(Dataset):
+    """One split folder's HDF5 files: layouts, the trajectories used, stats and per-process file handles."""
 
     def __init__(
         self,
         folder: str | Path,
         *,
-        length: int,
-        min_stride: int = 1,
-        max_stride: int = 1,
-        num_context: int = 1,
         normalization: Literal["stats", "sample", "none"] = "stats",
         stats: Mapping[str, Any] | None = None,
         rename: Mapping[str, str] | None = None,
+        max_trajectories: int | None = None,
         source: int = 0,
         seed: int = 0,
     ) -> None:
         folder = Path(folder)
-        files = sorted([*folder.glob("*.h5"), *folder.glob("*.hdf5")])
-        if not files:
-            raise FileNotFoundError(
-                f"No *.h5 or *.hdf5 files in {folder}; data.path must be a Well dataset folder holding "
-                "data/train, data/valid and data/test."
-            )
+        files = _split_files(folder)
         if normalization not in ("stats", "sample", "none"):
             raise ValueError(f"data.normalization={normalization!r}; expected 'stats', 'sample' or 'none'.")
         self.layouts = [WellFile(p) for p in files]
@@ -97,24 +100,23 @@ class WellDataset(Dataset):
                     f"{lay.path} holds grid {lay.grid} and channels {lay.channels}, but {first.path} holds "
                     f"{first.grid} and {first.channels}; one split folder must hold one dataset."
                 )
-        self.length, self.min_stride, self.max_stride = length, min_stride, max_stride
-        self.num_context = num_context
+        # (file, trajectory) pairs in file order; max_trajectories keeps the first N (few-shot training)
+        self.trajectories = [
+            (i, t) for i, lay in enumerate(self.layouts) for t in range(lay.num_trajectories)
+        ]
+        if max_trajectories is not None:
+            if not 1 <= max_trajectories <= len(self.trajectories):
+                raise ValueError(
+                    f"data.max_trajectories={max_trajectories}, but {folder} holds {len(self.trajectories)} "
+                    f"trajectories; choose 1 to {len(self.trajectories)}, or null for all."
+                )
+            self.trajectories = self.trajectories[:max_trajectories]
         self.normalization = normalization
         rename = {**DEFAULT_RENAME, **(rename or {})}
         self.channels = [rename.get(c, c) for c in first.channels]
         self.source = source
         self.seed = seed
         self.epoch = 0
-        self.index: list[tuple[int, int, int]] = []
-        for i, lay in enumerate(self.layouts):
-            last_start = lay.num_steps - 1 - (length - 1) * min_stride
-            if last_start < 0:
-                raise ValueError(
-                    f"{lay.path} has {lay.num_steps} steps per trajectory; a window of {length} frames at "
-                    f"stride {min_stride} needs {(length - 1) * min_stride + 1}. Lower data.num_frames, "
-                    "data.num_future/num_val_future or data.min_stride."
-                )
-            self.index += [(i, t, s) for t in range(lay.num_trajectories) for s in range(last_start + 1)]
         self.mean = self.std = None
         if normalization == "stats":
             self.mean, self.std = self._stats(stats, first)
@@ -142,12 +144,8 @@ class WellDataset(Dataset):
         # as in The Well, a near-constant field is not blown up by a tiny std
         return torch.tensor(means), torch.tensor(stds).clamp_min(1e-4)
 
-    def __len__(self) -> int:
-        """Number of (file, trajectory, start) windows."""
-        return len(self.index)
-
     def set_epoch(self, epoch: int) -> None:
-        """Draw different strides in the next epoch."""
+        """Draw different strides (and crops) in the next epoch."""
         self.epoch = epoch
 
     def _file(self, i: int):
@@ -165,6 +163,65 @@ class WellDataset(Dataset):
         state["_files"], state["_pid"] = {}, None
         return state
 
+    def close(self) -> None:
+        """Close the open files of this process."""
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+    @staticmethod
+    def _corner(rng: np.random.Generator, grid: tuple[int, ...], crop: int | None) -> tuple[slice, ...]:
+        """A random cube of side ``crop`` inside ``grid`` (the whole grid when ``crop`` is None)."""
+        if crop is None:
+            return tuple(slice(0, n) for n in grid)
+        starts = [int(rng.integers(0, n - crop + 1)) for n in grid]
+        return tuple(slice(a, a + crop) for a in starts)
+
+
+class WellDataset(_SplitFiles):
+    """Windows of ``length`` frames, ``stride`` steps apart, from one split folder of a Well dataset.
+
+    Item ``i`` is a ``(file, trajectory, start)`` triple; its stride is drawn uniformly from
+    ``[min_stride, max_stride]`` (as far as the trajectory allows) with a seed derived from
+    ``(seed, i, epoch)``, and so is its spatial crop (``crop``: a cube of that side, the same in every frame;
+    None: whole fields).
+    ``sample="fields"`` (GPhyT): dicts with ``input`` ``(length, *grid, channels)`` float32, ``field_mask``
+    ``(channels,)``, ``source``, ``dt`` and ``stride`` (scalars). ``sample="windows"`` (Tadpole dynamics):
+    ``input`` ``(length, channels, *grid)``, ``channel_mask`` ``(channels,)``, ``pde``, ``dt``, ``stride``.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        length: int,
+        min_stride: int = 1,
+        max_stride: int = 1,
+        num_context: int = 1,
+        sample: Literal["fields", "windows"] = "fields",
+        crop: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(folder, **kwargs)
+        self.length, self.min_stride, self.max_stride = length, min_stride, max_stride
+        self.num_context = num_context
+        self.sample, self.crop = sample, crop
+        self.index: list[tuple[int, int, int]] = []
+        for i, traj in self.trajectories:
+            lay = self.layouts[i]
+            last_start = lay.num_steps - 1 - (length - 1) * min_stride
+            if last_start < 0:
+                raise ValueError(
+                    f"{lay.path} has {lay.num_steps} steps per trajectory; a window of {length} frames at "
+                    f"stride {min_stride} needs {(length - 1) * min_stride + 1}. Lower data.num_frames, "
+                    "data.num_future/num_val_future or data.min_stride."
+                )
+            self.index += [(i, traj, s) for s in range(last_start + 1)]
+
+    def __len__(self) -> int:
+        """Number of (file, trajectory, start) windows."""
+        return len(self.index)
+
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         """One window (see the class docstring); ``item`` may be ``(index, epoch)`` to name the stride's epoch.
 
@@ -179,25 +236,79 @@ class WellDataset(Dataset):
         g = np.random.default_rng(derive_seed(self.seed, item, epoch, "well-stride"))
         stride = int(g.integers(self.min_stride, high + 1))
         steps = slice(start, start + (self.length - 1) * stride + 1, stride)
-        x = torch.from_numpy(lay.read(self._file(i), traj, steps))  # one hyperslab read per field
+        region = self._corner(g, lay.grid, self.crop)  # drawn after the stride: uncropped windows unchanged
+        x = torch.from_numpy(lay.read(self._file(i), traj, steps, region))  # one hyperslab read per field
         if self.normalization == "stats":
             x = (x - self.mean) / self.std
         elif self.normalization == "sample":
             context = x[: self.num_context].reshape(-1, x.shape[-1])
             x = (x - context.mean(0)) / context.std(0).clamp_min(1e-6)
+        mask = torch.ones(x.shape[-1], dtype=torch.bool)
+        dt = torch.tensor(lay.time_step * stride, dtype=torch.float32)
+        if self.sample == "windows":
+            x = x.movedim(-1, 1).contiguous()  # (length, channels, *grid)
+            return {
+                "input": x,
+                "channel_mask": mask,
+                "pde": torch.tensor(self.source),
+                "dt": dt,
+                "stride": torch.tensor(stride),
+            }
         return {
             "input": x,
-            "field_mask": torch.ones(x.shape[-1], dtype=torch.bool),
+            "field_mask": mask,
             "source": torch.tensor(self.source),
-            "dt": torch.tensor(lay.time_step * stride, dtype=torch.float32),
+            "dt": dt,
             "stride": torch.tensor(stride),
         }
 
-    def close(self) -> None:
-        """Close the open files of this process."""
-        for f in self._files.values():
-            f.close()
-        self._files = {}
+
+class WellCropDataset(_SplitFiles):
+    """Single-channel random crops of every field component (Tadpole's autoencoder), one frame each.
+
+    Item ``i`` is a ``(file, trajectory, step, channel)``; the crop, a cube of side ``crop`` inside the grid,
+    is drawn with a seed derived from ``(seed, i, epoch)`` and read as one hyperslab. Items are dicts with
+    ``input`` ``(1, crop, crop, crop)`` float32 and ``pde`` (the channel's index: validation errors are
+    reported per field component).
+    """
+
+    def __init__(self, folder: str | Path, *, crop: int, **kwargs: Any) -> None:
+        super().__init__(folder, **kwargs)
+        lay = self.layouts[0]
+        if crop < 1 or crop > min(lay.grid):
+            raise ValueError(
+                f"data.crop={crop} does not fit the grid {lay.grid} of {lay.path}; choose a crop side from 1 "
+                f"to {min(lay.grid)} (Tadpole needs a multiple of 16)."
+            )
+        self.crop = crop
+        # (field entry, component) per channel: a vector field's components are separate channels
+        self.components = [(k, c) for k, info in enumerate(lay.fields) for c in range(len(info.channels))]
+        self.index = [
+            (i, traj, step, channel)
+            for i, traj in self.trajectories
+            for step in range(self.layouts[i].num_steps)
+            for channel in range(len(self.components))
+        ]
+
+    def __len__(self) -> int:
+        """Number of (file, trajectory, step, channel) frames."""
+        return len(self.index)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """One crop; ``item`` may be ``(index, epoch)`` to name the epoch its position is drawn for."""
+        item, epoch = item if isinstance(item, tuple) else (item, self.epoch)
+        i, traj, step, channel = self.index[item]
+        lay = self.layouts[i]
+        entry, component = self.components[channel]
+        g = np.random.default_rng(derive_seed(self.seed, item, epoch, "well-crop"))
+        region = self._corner(g, lay.grid, self.crop)
+        data = lay.read(self._file(i), traj, slice(step, step + 1), region, (entry, component))
+        x = torch.from_numpy(data).reshape(1, *data.shape[1:-1])  # (1, crop, crop, crop)
+        if self.normalization == "stats":
+            x = (x - self.mean[channel]) / self.std[channel]
+        elif self.normalization == "sample":
+            x = (x - x.mean()) / x.std().clamp_min(1e-6)
+        return {"input": x, "pde": torch.tensor(channel)}
 
 
 class _EpochBatches(Sampler):
@@ -237,29 +348,45 @@ class _EpochBatches(Sampler):
 
 
 class WellDataModule(TrainedBatchStream, L.LightningDataModule):
-    """Field windows from a dataset in The Well's layout: ``data=well data.path=<dataset folder>``.
+    """A dataset in The Well's layout, 2D or 3D: ``data=well data.path=<dataset folder>``.
 
-    Training reads ``data/train`` with random strides in ``[min_stride, max_stride]`` and ``num_future`` target
-    frames; validation reads ``data/valid`` at ``min_stride`` with ``num_val_future`` frames (rollouts), using
-    ``num_val_samples`` windows evenly spread over the split (all when None). ``batch_size`` is per process.
-    ``name`` (default: the files' ``dataset_name``) is the source name in metrics.
+    ``sample`` says what a batch holds (None: fields; ``data.sample=null`` in conf/data/well.yaml means what
+    the task reads, which :func:`pfm.build.build_task` fills in):
 
-    The training stream is endless: epoch after epoch, each a permutation of the windows seeded by
-    ``(seed, epoch)``, split over processes (every ``world``-th window). Its position is ``(epoch, batch)``;
+    - ``fields`` (GPhyT, next_frame): windows ``(B, num_frames + num_future, *grid, C)``, channels last;
+    - ``windows`` (Tadpole dynamics): ``(B, num_frames + num_future, C, *grid)`` channels first, every field
+      component a channel; validation windows hold ``1 + num_val_future`` frames (a rollout from the first);
+    - ``crops`` (Tadpole autoencoder): single-channel crops ``(B, 1, crop, crop, crop)`` of one frame of one
+      field component, every component of every field in turn; validation errors per component.
+
+    ``crop``: side of the random cube cut from each window or frame (the same in every frame of a window),
+    drawn per item and epoch; None: whole fields (``crops`` then takes the largest cube that fits).
+    Training reads ``data/train`` with random strides in ``[min_stride, max_stride]``; ``max_trajectories``
+    keeps its first N trajectories (few-shot curves; validation is unaffected). Validation reads
+    ``data/valid`` at ``min_stride``, ``num_val_samples`` items evenly spread over the split (all when None).
+    ``normalization=stats`` standardises each channel with ``stats.yaml`` (the same in every split).
+    ``batch_size`` is per process. ``name`` (default: the files' ``dataset_name``) is the source name in
+    metrics.
+
+    The training stream is endless: epoch after epoch, each a permutation of the items seeded by
+    ``(seed, epoch)``, split over processes (every ``world``-th item). Its position is ``(epoch, batch)``;
     :meth:`state_dict` gives the position just after the last trained batch (batches read ahead by the
     Trainer's fetcher or by workers do not count, see :mod:`pfm.data.stream_state`), so a resumed run trains
-    on the same windows with the same strides as an uninterrupted one.
+    on the same items with the same strides and crops as an uninterrupted one.
     """
 
     def __init__(
         self,
         path: str,
         *,
+        sample: Literal["fields", "windows", "crops"] | None = None,
         num_frames: int = 4,
         num_future: int = 1,
         num_val_future: int = 4,
         min_stride: int = 1,
         max_stride: int = 1,
+        crop: int | None = None,
+        max_trajectories: int | None = None,
         normalization: Literal["stats", "sample", "none"] = "stats",
         rename: Mapping[str, str] | None = None,
         name: str | None = None,
@@ -276,22 +403,56 @@ class WellDataModule(TrainedBatchStream, L.LightningDataModule):
                 f"data.path={path!r} has no data/train folder; expected The Well's layout "
                 "<dataset>/data/{train,valid,test}/*.hdf5 with <dataset>/stats.yaml."
             )
+        sample = sample or "fields"  # a Well source of data=mixed, or the module built directly
+        if sample not in ("fields", "windows", "crops"):
+            raise ValueError(
+                f"data.sample={sample!r}; expected fields (GPhyT windows), windows (Tadpole dynamics) or "
+                "crops (Tadpole autoencoder)."
+            )
         stats_path = self.path / "stats.yaml"
         self.stats = yaml.safe_load(stats_path.read_text()) if stats_path.is_file() else None
+        self.sample = sample
         self.num_frames, self.num_future, self.num_val_future = num_frames, num_future, num_val_future
         self.batch_size, self.num_workers, self.num_val_samples = batch_size, num_workers, num_val_samples
         self.seed = seed
-        common = {
-            "min_stride": min_stride,
-            "num_context": num_frames,
+        files = {
             "normalization": normalization,
             "stats": self.stats,
             "rename": dict(rename) if rename is not None else None,
             "seed": seed,
         }
-        self.train_set = WellDataset(train, length=num_frames + num_future, max_stride=max_stride, **common)
-        self._val_args = common
+        if sample == "crops":
+            grid = WellFile(_split_files(train)[0]).grid
+            self.crop = crop if crop is not None else min(grid)
+            self._val_args: dict[str, Any] = {**files, "crop": self.crop}
+            self.train_set: WellDataset | WellCropDataset = WellCropDataset(
+                train, max_trajectories=max_trajectories, **self._val_args
+            )
+        else:
+            self.crop = crop
+            # a window's context: the GPhyT frames the model sees, or the one state a rollout starts from
+            context = num_frames if sample == "fields" else 1
+            windows = {"min_stride": min_stride, "num_context": context, "sample": sample, "crop": crop}
+            self._val_args = {**files, **windows}
+            self.train_set = WellDataset(
+                train,
+                length=num_frames + num_future,
+                max_stride=max_stride,
+                max_trajectories=max_trajectories,
+                **self._val_args,
+            )
         layout = self.train_set.layouts[0]
+        if sample != "fields" and layout.num_spatial_dims != 3:
+            raise ValueError(
+                f"data.sample={sample} serves Tadpole, a 3D model; {layout.path} holds "
+                f"{layout.num_spatial_dims}D fields. Fix: data.sample=fields with a GPhyT model "
+                "(model=gphyt_s task=next_frame), which reads 1D, 2D and 3D datasets."
+            )
+        if crop is not None and crop > min(layout.grid):
+            raise ValueError(
+                f"data.crop={crop} is larger than the grid {layout.grid} of {layout.path}; choose at most "
+                f"{min(layout.grid)}, or data.crop=null for whole fields."
+            )
         self.name = name or layout.dataset_name
         self.fields = tuple(self.train_set.channels)
         self.num_spatial_dims = layout.num_spatial_dims
@@ -305,16 +466,28 @@ class WellDataModule(TrainedBatchStream, L.LightningDataModule):
 
     @property
     def pde_names(self) -> list[str]:
-        """The one source of this module (the dataset's name)."""
-        return [self.name]
+        """Names of the ``pde``/``source`` indices: the dataset's name, or its field components for crops."""
+        return list(self.fields) if self.sample == "crops" else [self.name]
 
     @property
     def spec(self) -> dict[str, Any]:
-        """What the model takes from the data: field names, spatial axes, grid and context frames."""
+        """What the model takes from the data: fields, channels, spatial axes, grid or crop, frames."""
+        grid = tuple(self.grid) if self.crop is None else (self.crop,) * self.num_spatial_dims
+        if self.sample == "crops":
+            return {"num_channels": 1, "crop_size": self.crop, "num_spatial_dims": self.num_spatial_dims}
+        if self.sample == "windows":
+            return {
+                "fields": self.fields,
+                "num_channels": len(self.fields),
+                "num_frames": self.num_frames + self.num_future,
+                # Tadpole tiles an axis longer than its crop into crops of this side
+                "crop_size": min(grid),
+                "num_spatial_dims": self.num_spatial_dims,
+            }
         return {
             "fields": self.fields,
             "num_spatial_dims": self.num_spatial_dims,
-            "grid": tuple(self.grid),
+            "grid": grid,
             "num_frames": self.num_frames,
         }
 
@@ -330,9 +503,9 @@ class WellDataModule(TrainedBatchStream, L.LightningDataModule):
         batches = _EpochBatches(len(self.train_set), self.batch_size, seed=self.seed, rank=rank, world=world)
         if batches.num_batches < 1:
             raise ValueError(
-                f"{self.path}/data/train holds {len(self.train_set)} windows; {world} process(es) with "
+                f"{self.path}/data/train holds {len(self.train_set)} {self._items}; {world} process(es) with "
                 f"data.batch_size={self.batch_size} need at least {world * self.batch_size}. Lower "
-                "data.batch_size (it is per process) or data.num_frames."
+                "data.batch_size (it is per process), data.num_frames, or raise data.max_trajectories."
             )
         self._close_loader()
         self._batches = batches
@@ -370,16 +543,23 @@ class WellDataModule(TrainedBatchStream, L.LightningDataModule):
         self.generation_seconds = time.perf_counter() - start
         return batch
 
+    @property
+    def _items(self) -> str:
+        return "crops (frames x field components)" if self.sample == "crops" else "windows"
+
     def val_dataloader(self) -> DataLoader:
-        """Windows of ``data/valid`` at ``min_stride``, ``num_val_future`` future frames."""
+        """Items of ``data/valid``: windows at ``min_stride`` with ``num_val_future`` future frames, or crops."""
         folder = self.path / "data" / "valid"
         if not folder.is_dir():
             raise FileNotFoundError(
                 f"{self.path} has no data/valid folder; The Well's layout has one per split."
             )
-        val = WellDataset(
-            folder, length=self.num_frames + self.num_val_future, max_stride=1, **self._val_args
-        )
+        val: WellDataset | WellCropDataset
+        if self.sample == "crops":
+            val = WellCropDataset(folder, **self._val_args)
+        else:
+            first = self.num_frames if self.sample == "fields" else 1
+            val = WellDataset(folder, length=first + self.num_val_future, max_stride=1, **self._val_args)
         if val.channels != list(self.fields):
             raise ValueError(
                 f"data/valid holds channels {val.channels}; data/train holds {list(self.fields)}."

@@ -31,6 +31,8 @@ class AutoencoderTask(Task):
     unavailable, so set ``trainer.gradient_clip_val=null`` and use ``gradient_clip_val`` here.
     """
 
+    data_sample = "crops"  # what a file-based DataModule serves it (data.sample=null: this)
+
     def __init__(
         self,
         model: nn.Module,

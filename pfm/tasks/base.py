@@ -23,6 +23,9 @@ class Task(L.LightningModule):
     """
 
     param_groups: Sequence[Mapping[str, Any]] = ()
+    #: the batches it reads, for DataModules that serve several kinds (``data=well data.sample=null``):
+    #: fields (GPhyT windows), windows (Tadpole dynamics), crops (Tadpole autoencoder); None: no choice
+    data_sample: str | None = None
 
     def __init__(
         self,

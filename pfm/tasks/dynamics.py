@@ -21,6 +21,8 @@ class DynamicsTask(Task):
     pretrained at while the loss keeps the physical scale.
     """
 
+    data_sample = "windows"  # what a file-based DataModule serves it (data.sample=null: this)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One step: state ``(B, C, X, Y, Z)`` at t to the predicted state at t + dt."""
         dims = tuple(range(2, x.ndim))

@@ -65,6 +65,8 @@ class NextFrameTask(Task):
     before the first non-finite value (``val/rollout_steps``; a rollout stops there, cleanly).
     """
 
+    data_sample = "fields"  # what a file-based DataModule serves it (data.sample=null: this)
+
     def __init__(
         self,
         model: torch.nn.Module,

@@ -652,24 +652,54 @@ class WellFile:
         spatial = tuple(n for n, v in zip(self.grid, info.dim_varying, strict=True) if v)
         return (*lead, *spatial, *([self.num_spatial_dims] * info.order))
 
-    def _expand(self, data: np.ndarray, info: FieldInfo, num_lead: int) -> np.ndarray:
-        """Broadcast ``(lead..., *stored spatial, *components)`` to the full grid, components flattened."""
+    def _expand(
+        self,
+        data: np.ndarray,
+        info: FieldInfo,
+        num_lead: int,
+        sides: tuple[int, ...] | None = None,
+        num_channels: int | None = None,
+    ) -> np.ndarray:
+        """Broadcast ``(lead..., *stored spatial, *components)`` to the full grid (or a box of ``sides``),
+        components flattened (``num_channels`` of them; default all of the field's)."""
+        sides = self.grid if sides is None else sides
+        num_channels = len(info.channels) if num_channels is None else num_channels
         shape = list(data.shape[:num_lead])
-        for n, varying in zip(self.grid, info.dim_varying, strict=True):
+        for n, varying in zip(sides, info.dim_varying, strict=True):
             shape.append(n if varying else 1)
-        data = data.reshape(*shape, len(info.channels))
-        return np.broadcast_to(data, (*data.shape[:num_lead], *self.grid, len(info.channels)))
+        data = data.reshape(*shape, num_channels)
+        return np.broadcast_to(data, (*data.shape[:num_lead], *sides, num_channels))
 
-    def read(self, f: Any, trajectory: int, steps: slice) -> np.ndarray:
+    def read(
+        self,
+        f: Any,
+        trajectory: int,
+        steps: slice,
+        region: tuple[slice, ...] | None = None,
+        component: tuple[int, int] | None = None,
+    ) -> np.ndarray:
         """Time-varying channels of ``steps`` of one trajectory: ``(steps, *grid, channels)`` float32.
 
         ``f`` is this file opened with h5py; each field is one hyperslab read (only the window is read).
+        ``region``: one ``slice(start, stop)`` per spatial axis, to read only that box (the grid's axes are
+        then the box's sides); ``component``: ``(index in fields, channel of that field)`` to read one channel
+        of one field only (Tadpole's single-channel crops).
         """
+        region = region if region is not None else tuple(slice(0, n) for n in self.grid)
+        sides = tuple(r.stop - r.start for r in region)
+        chosen = self.fields if component is None else [self.fields[component[0]]]
         parts = []
-        for info in self.fields:
+        for info in chosen:
             ds = f[info.group][info.name]
-            data = ds[(trajectory, steps) if info.sample_varying else (steps,)]
-            parts.append(self._expand(np.asarray(data, dtype=np.float32), info, 1))
+            space = tuple(r for r, varying in zip(region, info.dim_varying, strict=True) if varying)
+            pick: tuple[int, ...] = ()
+            if component is not None:
+                pick = tuple(
+                    int(c) for c in np.unravel_index(component[1], (self.num_spatial_dims,) * info.order)
+                )
+            data = ds[((trajectory, steps) if info.sample_varying else (steps,)) + space + pick]
+            num_channels = 1 if component is not None else len(info.channels)
+            parts.append(self._expand(np.asarray(data, dtype=np.float32), info, 1, sides, num_channels))
         return np.concatenate(parts, axis=-1)
 
     def chunks(
