@@ -24,9 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from pfm.config_check import check_config
+from pfm.distributed.build import STRATEGIES
 from pfm.distributed.trainer_switches import merge_trainer_switches
 from pfm.io import atomic_path
 from pfm.paths import CONF_DIR, LAUNCH_DIR
@@ -121,11 +127,6 @@ def _check_owned(explicit: dict[str, str], wanted: dict[str, str]) -> None:
 
 def compose_run(overrides: list[str], config_dir: Path = CONF_DIR) -> DictConfig:
     """Compose ``conf/train.yaml`` with ``overrides`` (and the hydra node); a LaunchError names what is wrong."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             cfg = compose("train", overrides=overrides, return_hydra_config=True)
@@ -155,8 +156,6 @@ def _job_part(cfg: DictConfig) -> DictConfig:
 
 
 def _check_strategy(cfg: DictConfig, num_tasks: int) -> None:
-    from pfm.distributed.build import STRATEGIES
-
     strategy = cfg.get("strategy") or {}
     name = strategy.get("name", "single")
     if name not in STRATEGIES:
@@ -193,8 +192,6 @@ def _default_run_dir() -> Path:
 
 def render_sbatch(job: SlurmJob, template: Path | None = None) -> str:
     """The sbatch script for ``job``, from ``launch/slurm/job.sbatch.j2`` (or ``template``)."""
-    import jinja2
-
     template = template or LAUNCH_DIR / "slurm" / "job.sbatch.j2"
     if not template.is_file():
         raise LaunchError(

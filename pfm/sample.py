@@ -19,8 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
+from pfm.build import build_network, load_exported
+from pfm.checkpoints.safe import load_state_dict
+from pfm.embeddings import EmbeddingTable, residue_ids
 from pfm.io import atomic_path
+from pfm.models.tito import PLaTITO, mask_and_zero_com
 
 __all__ = ["OFFICIAL_RESIDUE_IDS", "add_parser", "load_tito", "read_ca_pdb", "write_ca_pdb"]
 
@@ -80,11 +85,6 @@ def write_ca_pdb(path: str | Path, frames: torch.Tensor, sequence: str) -> Path:
 
 def load_tito(source: str | Path) -> tuple[Any, bool]:
     """(PLaTITO model, official?) from an official .ckpt, a pfm training checkpoint or a `pfm export` folder."""
-    # pfm.build loads Lightning and Hydra: imported when a model is loaded, not for every `pfm` command
-    from pfm.build import build_network, load_exported
-    from pfm.checkpoints.safe import load_state_dict
-    from pfm.models.tito import PLaTITO
-
     source = Path(source)
     if source.is_dir():
         model = load_exported(source)
@@ -111,7 +111,6 @@ def _sequence_inputs(model: Any, sequence: str, args: argparse.Namespace, offici
     if model.is_tito:
         if official:
             return {"residue_ids": torch.tensor([OFFICIAL_RESIDUE_IDS.get(a, 22) for a in sequence])}
-        from pfm.embeddings import residue_ids
 
         return {"residue_ids": residue_ids(sequence)}
     if args.embeddings is None:
@@ -119,7 +118,6 @@ def _sequence_inputs(model: Any, sequence: str, args: argparse.Namespace, offici
             f"this PLaTITO reads {model.plm_dim}-wide pLM embeddings: pass --embeddings TABLE (`pfm embed` table or "
             "the official .pt dict)."
         )
-    from pfm.embeddings import EmbeddingTable
 
     table = EmbeddingTable(args.embeddings)
     name = args.name or (table.keys[0] if len(table) == 1 else None)
@@ -138,7 +136,6 @@ def _run(args: argparse.Namespace) -> int:
             f"--steps {args.steps}, --trajectories {args.trajectories}, --flow-steps {args.flow_steps} must be "
             f">= 1 and --lag {args.lag} > 0 (ns)."
         )
-    from pfm.models.tito import mask_and_zero_com
 
     device = torch.device(args.device)
     model, official = load_tito(args.checkpoint)
@@ -152,12 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     temp = torch.full((b,), float(args.temperature), device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     x = x0.to(device)[None].expand(b, n, 3)
-    try:
-        from tqdm import tqdm
-
-        steps = tqdm(range(args.steps), desc="transitions", unit="step")
-    except ImportError:  # progress bar is optional
-        steps = range(args.steps)
+    steps = tqdm(range(args.steps), desc="transitions", unit="step")
     with torch.no_grad():
         frames = [mask_and_zero_com(x, mask)]
         for _ in steps:

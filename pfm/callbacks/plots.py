@@ -13,6 +13,7 @@ __all__ = ["ExamplePlot", "LossCurvePlot", "write_panels"]
 
 
 def _figure():
+    # imported when drawing: matplotlib takes seconds to import, and needs the Agg backend chosen before pyplot
     import matplotlib
 
     matplotlib.use("Agg")

@@ -30,6 +30,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.throughput import get_available_flops
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["ThroughputMonitor", "count_step_flops", "peak_memory_mib"]
@@ -96,8 +97,6 @@ class ThroughputMonitor(L.Callback):
         if self.peak_flops is not None:
             self._available_flops = float(self.peak_flops)
         elif device.type == "cuda":
-            from lightning.fabric.utilities.throughput import get_available_flops
-
             flops = get_available_flops(device, _precision_dtype(str(trainer.precision)))
             self._available_flops = float(flops) if flops else None
 

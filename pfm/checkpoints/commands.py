@@ -12,6 +12,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+
+import datagen
+import pfm
+from pfm.checkpoints import export_checkpoint
+from pfm.checkpoints.download import DownloadError, cached_file, fetch, recorded_hash, sha256_file
+from pfm.checkpoints.export import verify_export
+from pfm.checkpoints.registry import entry_yaml, export_entry, get_entry, load_registry, user_registry_path
+from pfm.io import atomic_path
+
 __all__ = ["add_parser"]
 
 
@@ -25,15 +36,11 @@ def _human(count: int | None) -> str:
 
 
 def _cached_state(entry: Any, revision: str | None = None) -> str:
-    from pfm.checkpoints.download import cached_file
-
     found = [cached_file(f, revision or f.revision or entry.revision) is not None for f in entry.files]
     return "yes" if all(found) else ("partial" if any(found) else "no")
 
 
 def _list(args: argparse.Namespace) -> int:
-    from pfm.checkpoints.registry import load_registry
-
     entries = load_registry()
     rows = [("name", "family", "size", "parameters", "license", "status", "cached")]
     for name, e in entries.items():
@@ -55,9 +62,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from pfm.checkpoints.download import fetch
-    from pfm.checkpoints.registry import get_entry
-
     entry = get_entry(args.name)
     paths = fetch(entry, revision=args.revision, progress=not args.quiet)
     for path in paths:
@@ -67,18 +71,11 @@ def _download(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     if args.name is None:
-        import torch
-
-        import datagen
-        import pfm
-
         print(
             f"pfm {pfm.__version__}, torch {torch.__version__}, cuda available: {torch.cuda.is_available()}"
         )
         print(f"PDE families: {', '.join(datagen.known_pdes())}")
         return 0
-    from pfm.checkpoints.download import cached_file, recorded_hash
-    from pfm.checkpoints.registry import entry_yaml, get_entry
 
     entry = get_entry(args.name)
     print(f"# from {entry.source}")
@@ -96,12 +93,6 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _pin(args: argparse.Namespace) -> int:
-    import yaml
-
-    from pfm.checkpoints.download import fetch, sha256_file
-    from pfm.checkpoints.registry import entry_yaml, get_entry, user_registry_path
-    from pfm.io import atomic_path
-
     entry = get_entry(args.name)
     paths = fetch(entry, revision=args.revision, progress=not args.quiet)
     data = entry.to_dict()
@@ -130,9 +121,6 @@ def _pin(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pfm.checkpoints import export_checkpoint
-    from pfm.checkpoints.registry import entry_yaml, export_entry
-
     out = export_checkpoint(args.checkpoint, args.out)
     print(f"# registry entry for {out} (add it under `models:` of your registry; publish rewrites the urls):")
     print(entry_yaml(args.name or Path(out).resolve().name, export_entry(out)), end="")
@@ -145,8 +133,6 @@ _PUBLISHED = ("model.safetensors", "config.yaml", "README.md", "SHA256SUMS")
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from pfm.checkpoints.registry import entry_yaml, export_entry
-
     folder = Path(args.export_dir)
     missing = [n for n in _PUBLISHED if not (folder / n).is_file()]
     if missing:
@@ -155,7 +141,6 @@ def _publish(args: argparse.Namespace) -> int:
         )
     if args.repo.count("/") != 1:
         raise SystemExit(f"pfm publish: --repo {args.repo!r} must be ORG/NAME (e.g. my-lab/tadpole-s-ns).")
-    from pfm.checkpoints.export import verify_export
 
     verify_export(folder)
     name = args.name or args.repo.split("/")[1]
@@ -168,6 +153,7 @@ def _publish(args: argparse.Namespace) -> int:
         entry = export_entry(folder, url_prefix=f"hf://{args.repo}")
         entry["revision"] = "main"
     else:
+        # imported when uploading: huggingface_hub reads the HF_* variables (token, endpoint) when imported
         from huggingface_hub import HfApi
 
         api = HfApi()
@@ -190,8 +176,6 @@ def _run(func: Any) -> Any:
     """Wrap a command so that expected failures print one clear line and exit 1 instead of a traceback."""
 
     def wrapped(args: argparse.Namespace) -> int:
-        from pfm.checkpoints.download import DownloadError
-
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         try:
             return func(args)

@@ -31,7 +31,11 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from filelock import FileLock
+from tqdm.auto import tqdm
+
 from pfm.checkpoints.registry import Entry, FileSpec
+from pfm.io import atomic_path
 
 __all__ = [
     "DownloadError",
@@ -110,8 +114,6 @@ def recorded_hash(spec: FileSpec, revision: str = "main") -> str:
 
 
 def _record_hash(spec: FileSpec, revision: str, digest: str, entry_name: str) -> None:
-    from pfm.io import atomic_path
-
     record = _hash_record(spec, revision)
     with atomic_path(record) as tmp:
         tmp.write_text(f"{digest}  {spec.url}\n")
@@ -160,6 +162,7 @@ def cached_file(spec: FileSpec, revision: str = "main") -> Path | None:
         path = Path(unquote(urlparse(spec.url).path))
         return path if path.is_file() else None
     if spec.is_hf:
+        # imported when used: huggingface_hub reads HF_HOME, HF_HUB_OFFLINE and the token when imported
         from huggingface_hub import try_to_load_from_cache
 
         repo_id, filename = spec.hf_parts()
@@ -211,6 +214,7 @@ def fetch_file(
 
 
 def _fetch_hf(spec: FileSpec, revision: str, name: str) -> Path:
+    # imported when used: huggingface_hub reads HF_HOME, HF_HUB_OFFLINE and the token when imported
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -248,8 +252,6 @@ def _fetch_hf(spec: FileSpec, revision: str, name: str) -> Path:
 
 
 def _fetch_url(spec: FileSpec, revision: str, name: str, progress: bool) -> Path:
-    from filelock import FileLock
-
     dest = _url_path(spec)
     dest.parent.mkdir(parents=True, exist_ok=True)
     # one process downloads, the others wait here and then find the finished, verified file
@@ -269,8 +271,6 @@ def _fetch_url(spec: FileSpec, revision: str, name: str, progress: bool) -> Path
 
 def _http_download(url: str, part: Path, num_bytes: int | None, progress: bool) -> None:
     """Download ``url`` into ``part``, resuming what is there; retries dropped connections and 5xx answers."""
-    from tqdm.auto import tqdm
-
     last_error: BaseException | None = None
     for attempt in range(MAX_ATTEMPTS):
         if attempt:

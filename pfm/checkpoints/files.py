@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from pfm.checkpoints.safe import safe_load
+
 __all__ = ["checkpoint_step", "find_resume_checkpoint", "is_complete", "list_checkpoints", "read_checkpoint"]
 
 log = logging.getLogger("pfm.checkpoints")
@@ -81,7 +83,5 @@ def read_checkpoint(path: str | Path, safe: bool = False) -> dict[str, Any]:
             )
         path = candidates[0]
     if safe:
-        from pfm.checkpoints.safe import safe_load
-
         return safe_load(path)
     return torch.load(path, map_location="cpu", weights_only=False, mmap=True)

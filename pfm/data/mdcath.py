@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import lightning as L
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from datagen.md import centre, random_rotations
 from datagen.seeding import generator
 from pfm.data.layout import process_rank
 from pfm.data.stream_state import TrainedBatchStream
+from pfm.embeddings import EmbeddingTable, residue_ids
 
 __all__ = ["MDCATH_TEMPERATURES", "MdCathDataModule", "MdCathDomain", "find_domains"]
 
@@ -67,8 +69,6 @@ class MdCathDomain:
     """One mdCATH file: C-alpha indices, sequence and replica lengths at open; frames read on demand."""
 
     def __init__(self, path: str | Path, temperatures: Sequence[int] = MDCATH_TEMPERATURES) -> None:
-        import h5py
-
         self.path = Path(path)
         self._file: Any = None
         with h5py.File(self.path, "r") as f:
@@ -112,8 +112,6 @@ class MdCathDomain:
 
     def frames(self, replica: _Replica, indices: Sequence[int]) -> np.ndarray:
         """C-alpha coordinates ``(len(indices), L, 3)`` in nm of the given frames (not centred)."""
-        import h5py
-
         if self._file is None:  # opened on first read, in the process (worker) that reads
             self._file = h5py.File(self.path, "r")
         coords = self._file[self.name][str(replica.temperature)][replica.replica]["coords"]
@@ -211,8 +209,6 @@ class MdCathDataModule(TrainedBatchStream, L.LightningDataModule):
         self.embeddings = embeddings
         self.table = None
         if embeddings is not None:
-            from pfm.embeddings import EmbeddingTable
-
             self.table = EmbeddingTable(embeddings)
             for d in self.train_domains + self.val_domains:  # every lookup fails now, not mid-run
                 self.table.for_sequence(d.sequence, name=d.name)
@@ -235,8 +231,6 @@ class MdCathDataModule(TrainedBatchStream, L.LightningDataModule):
         self, domains: list[MdCathDomain], batch: int, g: torch.Generator, augment: bool
     ) -> dict[str, torch.Tensor]:
         """``batch`` pairs: a random domain, replica, lag and start frame each; padded, centred, nm."""
-        from pfm.embeddings import residue_ids
-
         pairs, lags, temps, names = [], [], [], []
         for _ in range(batch):
             domain = domains[int(torch.randint(len(domains), (1,), generator=g))]

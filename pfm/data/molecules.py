@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from datagen.md import AMINO_ACIDS, ChainPool, ForceField
 from pfm.data.stream_state import PoolStream
+from pfm.embeddings import EmbeddingTable, residue_ids
 
 __all__ = ["ChainDataModule", "pad_batch"]
 
@@ -106,8 +107,6 @@ class ChainDataModule(PoolStream, L.LightningDataModule):
         if embeddings == "identity":
             self._plm_dim = len(AMINO_ACIDS)
         elif embeddings is not None:
-            from pfm.embeddings import EmbeddingTable
-
             table = EmbeddingTable(embeddings)
             self._library = table.library()
             if not self._library:
@@ -128,8 +127,6 @@ class ChainDataModule(PoolStream, L.LightningDataModule):
         return {**self.pool_kwargs, "frame_ns": self.frame_ns}
 
     def _pool(self, shard: int, seed: int, device: torch.device) -> ChainPool:
-        from pfm.embeddings import residue_ids
-
         sequences = [residue_ids(s).tolist() for s in self._library] if self._library else None
         return ChainPool(**self.pool_kwargs, sequences=sequences, seed=seed, shard=shard, device=device)
 

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from datagen import FamilySpec, ShardPool
+from datagen import FamilySpec, ShardPool, get_pde
 from pfm.data.prefetch import Prefetcher
 from pfm.data.stream_state import PoolStream
 
@@ -298,8 +298,6 @@ class OnlineWindowDataModule(OnlineCropDataModule):
     @property
     def spec(self) -> dict[str, int]:
         """Shapes that models take from the data: channels, frames, spatial size and axes."""
-        from datagen import get_pde
-
         d = self.pool_kwargs["num_spatial_dims"]
         channels = max(get_pde(f.name).num_channels(d) for f in self.families)
         size = self.window_crop or self.pool_kwargs["n"]

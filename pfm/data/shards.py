@@ -37,8 +37,11 @@ from typing import Any
 
 import lightning as L
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
+from webdataset.tariterators import base_plus_ext
 
+from datagen import get_pde
 from datagen.shards import decode_sample
 
 __all__ = ["EpochPlan", "ShardDataModule", "count_shard_samples", "plan_epoch"]
@@ -51,8 +54,6 @@ _META = re.compile(r"__[^/]*__($|/)")
 
 def count_shard_samples(path: str | Path) -> int:
     """Samples in one tar shard, grouped by key as webdataset groups them; reads the headers only."""
-    from webdataset.tariterators import base_plus_ext
-
     count, last = 0, None
     with tarfile.open(path, "r:") as tar:  # "r:" seeks past each member's data instead of reading it
         for member in tar:
@@ -153,8 +154,6 @@ class ShardDataModule(L.LightningDataModule):
     @property
     def spec(self) -> dict[str, int]:
         """Shapes that models take from the data."""
-        from datagen import get_pde
-
         pool = self.format["pool"]
         d = pool.get("num_spatial_dims", 3)
         spec = {
@@ -174,8 +173,6 @@ class ShardDataModule(L.LightningDataModule):
         ``urls`` are read as given (no split over processes: pass this process's share); dataloader workers
         split them. ``resampled`` (default: the module's) draws from them with replacement, endlessly.
         """
-        import webdataset as wds
-
         ds = wds.WebDataset(
             self.urls if urls is None else urls,
             resampled=self.resampled if resampled is None else resampled,

@@ -46,6 +46,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import h5py
 import lightning as L
 import numpy as np
 import torch
@@ -149,8 +150,6 @@ class _SplitFiles(Dataset):
         self.epoch = epoch
 
     def _file(self, i: int):
-        import h5py
-
         # each worker process opens its own handles (h5py handles do not survive fork) and keeps them open
         if self._pid != os.getpid():
             self._files, self._pid = {}, os.getpid()

@@ -18,6 +18,7 @@ from torch import nn
 
 from pfm.distributed.memory import set_cpu_mmap_threshold
 from pfm.distributed.parallelize import prepare_model
+from pfm.distributed.strategies import CPUDeepSpeedStrategy, FSDP2Strategy
 from pfm.extras import extra_problem
 
 __all__ = [
@@ -51,8 +52,6 @@ def _ddp(accelerator: str, precision: str, block_types: Any, options: dict[str, 
 
 
 def _fsdp(accelerator: str, precision: str, block_types: Any, options: dict[str, Any]) -> Strategy:
-    from pfm.distributed.strategies import FSDP2Strategy
-
     # FSDP2 does its own mixed precision (bf16 compute, fp32 master weights and gradient reduction)
     mixed = "bfloat16" if precision.startswith("bf16") else None
     return FSDP2Strategy(
@@ -62,8 +61,6 @@ def _fsdp(accelerator: str, precision: str, block_types: Any, options: dict[str,
 
 def _zero(stage: int, offload: bool = False) -> Callable[..., Strategy]:
     def build(accelerator: str, precision: str, block_types: Any, options: dict[str, Any]) -> Strategy:
-        from pfm.distributed.strategies import CPUDeepSpeedStrategy
-
         # our batches are dicts from an endless loader, which Lightning cannot read a batch size from;
         # DeepSpeed uses this number only for its timing logs
         kwargs: dict[str, Any] = {"stage": stage, "logging_batch_size_per_gpu": 1}

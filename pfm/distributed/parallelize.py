@@ -146,6 +146,7 @@ def shard_model(
     ``root`` is the task (LightningModule); its child networks are sharded as FSDP2 roots that keep their
     parameters gathered from forward to backward, since tasks call several of their methods per step.
     """
+    # imported when sharding: torch builds without distributed support have no torch.distributed.fsdp
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     kwargs = {"mesh": mesh}

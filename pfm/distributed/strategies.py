@@ -49,7 +49,7 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         self, model: nn.Module, optimizer: torch.optim.Optimizer | None, lr_scheduler: Any = None
     ) -> tuple[Any, torch.optim.Optimizer]:
         """``deepspeed.initialize`` with ``device_rank=local_rank``: a CPU device has no index to pass."""
-        import deepspeed
+        import deepspeed  # the optional deepspeed extra, needed only by these strategies
 
         device_rank = self.local_rank if self._on_cpu() else self.root_device.index
         engine, ds_optimizer, _, _ = deepspeed.initialize(
@@ -95,6 +95,7 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def setup(self, trainer: Any) -> None:
         """Shard the task's networks, then the stock set-up (which requires a ``configure_model`` hook)."""
+        # imported when sharding: torch builds without distributed support have no torch.distributed.fsdp
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
         assert self.model is not None and self.accelerator is not None

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, open_dict
 
+from pfm.distributed.build import STRATEGIES
+
 __all__ = ["TRAINER_SWITCHES", "merge_trainer_switches"]
 
 # trainer.<key> -> strategy.<key>
@@ -23,8 +25,6 @@ _DEFAULTS = (None, "auto", 1)
 
 def _strategy_name(cfg: DictConfig, value: object) -> None:
     """Check ``trainer.strategy`` against the composed strategy; the same name is no conflict."""
-    from pfm.distributed.build import STRATEGIES
-
     current = (cfg.get("strategy") or {}).get("name", "single")
     if isinstance(value, str) and value == current:
         return

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from pfm.embeddings.providers import PROVIDERS
 from pfm.embeddings.table import EmbeddingTable, sequence_key, write_table
 
@@ -64,7 +66,6 @@ def embed_fasta(
         return out
     kwargs = {} if provider == "identity" else {"weights": weights, "layer": layer, "device": device}
     model = PROVIDERS[provider](**kwargs)
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc=f"pfm embed ({provider})", unit="seq", disable=not progress)
     for start in range(0, len(todo), batch_size):

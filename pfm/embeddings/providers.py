@@ -63,7 +63,7 @@ class ESM2Embedding:
         self, weights: str | Path | None = None, layer: int | None = None, device: str = "cpu"
     ) -> None:
         require_extra("transformers", "esm2", "The ESM-2 provider (pfm embed --provider esm2)")
-        from transformers import EsmModel, EsmTokenizer
+        from transformers import EsmModel, EsmTokenizer  # the optional esm2 extra (seconds to import)
 
         folder = _local_folder(weights, "ESM-2")
         self.model = EsmModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
@@ -106,7 +106,7 @@ class ESMCEmbedding:
         device: str = "cpu",
         num_heads: int | None = None,
     ) -> None:
-        try:
+        try:  # esm: installed apart (make setup), for this provider only
             from esm.models.esmc import ESMC
             from esm.tokenization import get_esmc_model_tokenizers
         except ImportError as err:

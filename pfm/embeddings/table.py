@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from pfm.io import atomic_path
 
@@ -32,8 +34,6 @@ def write_table(
     path: str | Path, embeddings: Mapping[str, torch.Tensor], sequences: Mapping[str, str], provider: str
 ) -> Path:
     """Write ``{key: (L, D)}`` and ``{key: sequence}`` atomically as a pfm table; returns the path."""
-    from safetensors.torch import save_file
-
     dims = {int(t.shape[-1]) for t in embeddings.values()}
     if len(dims) > 1:
         raise ValueError(f"Embeddings of different widths {sorted(dims)} cannot share one table.")
@@ -66,8 +66,6 @@ class EmbeddingTable:
         self.sequences: dict[str, str] = {}
         self._tensors: dict[str, torch.Tensor] | None = None
         if self.path.suffix == ".safetensors":
-            from safetensors import safe_open
-
             self._file = safe_open(str(self.path), framework="pt")
             meta = self._file.metadata() or {}
             if meta.get("format") != FORMAT:

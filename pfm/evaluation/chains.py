@@ -22,6 +22,7 @@ from torch import nn
 
 from datagen.md import ForceField, centre, end_to_end, langevin_step, make_chains, radius_of_gyration
 from datagen.seeding import generator
+from pfm.embeddings import residue_ids
 from pfm.io import atomic_path
 
 __all__ = [
@@ -154,7 +155,7 @@ def evaluate_chains(
     seed: int = 12345,
 ) -> dict[str, float]:
     """Reference simulation vs model rollouts at lag ``lag_frames``; metrics dict, and fes.png / json in out_dir."""
-    from deeptime.decomposition import TICA
+    from deeptime.decomposition import TICA  # imported when evaluating: deeptime takes seconds to import
 
     sim = datamodule.simulation()
     temperature = float(temperature if temperature is not None else sim["temperatures"][0])
@@ -162,8 +163,6 @@ def evaluate_chains(
     ids = None
     library = getattr(datamodule, "_library", None)
     if library:
-        from pfm.embeddings import residue_ids
-
         ids = residue_ids(library[0])
         num_residues = len(library[0])
     ref = reference_run(
@@ -261,6 +260,7 @@ def _hist_l1(ref: torch.Tensor, model: torch.Tensor, num_bins: int = 20) -> floa
 
 def plot_fes(path: Path, f_ref, f_model, edges, results, distributions) -> None:
     """Reference and model free-energy surfaces side by side, and the R_ee / Rg histograms below."""
+    # imported when drawing: matplotlib takes seconds to import, and needs the Agg backend chosen before pyplot
     import matplotlib
 
     matplotlib.use("Agg")

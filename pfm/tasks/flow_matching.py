@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pfm.evaluation import evaluate_chains
 from pfm.tasks.base import Task
 
 __all__ = ["FlowMatchingTask", "centred_noise", "masked_mse"]
@@ -113,7 +114,6 @@ class FlowMatchingTask(Task):
         datamodule = getattr(trainer, "datamodule", None)
         if not self.evaluation or not trainer.is_global_zero or not hasattr(datamodule, "simulation"):
             return
-        from pfm.evaluation import evaluate_chains
 
         out_dir = Path(trainer.default_root_dir)
         was_training = self.training

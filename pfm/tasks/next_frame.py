@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import torch
 
+from pfm.io import atomic_path
 from pfm.tasks.base import Task
 
 __all__ = ["NextFrameTask", "field_errors"]
@@ -286,12 +287,11 @@ def write_error_curve(curve: dict[str, list[list[float]]], path: Path) -> None:
 
     ``curve[source][step]`` holds sums ``[nRMSE, VRMSE, count, persistence nRMSE]`` over samples.
     """
+    # imported when drawing: matplotlib takes seconds to import, and needs the Agg backend chosen before pyplot
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from pfm.io import atomic_path
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for name, rows in curve.items():
