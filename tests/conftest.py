@@ -158,12 +158,21 @@ def tiny_run() -> list[str]:
 
 
 def pfm_train(
-    args: Sequence[str], out: Path, *, full_error: bool = False, timeout: int = 900
+    args: Sequence[str],
+    out: Path,
+    *,
+    full_error: bool = False,
+    timeout: int = 900,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m pfm.train *args`` with run folder and working directory ``out``; wandb offline."""
+    """Run ``python -m pfm.train *args`` with run folder and working directory ``out``; wandb offline.
+
+    ``env``: variables added to this process's environment for the run (os.environ itself is left alone).
+    """
     out.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
+        **(env or {}),
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
         "HYDRA_FULL_ERROR": "1" if full_error else "0",

@@ -36,12 +36,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from pfm.cli import main
 
     tmp = tmp_path_factory.mktemp("sample_export")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # for this run only
     run = tmp / "run"
     args = ["experiment=platito_demo", "logger=csv", "plots=false", "task.evaluation=null",
             "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.enable_progress_bar=false",
             "checkpoint_every_n_steps=3", "data.num_chains=4", "data.batch_size=4", "data.substeps=5"]  # fmt: skip
-    result = pfm_train(args, run, full_error=True)
+    result = pfm_train(args, run, full_error=True, env=threads)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = run / "checkpoints" / "last.ckpt"
     export = tmp / "export"

@@ -36,8 +36,11 @@ RUN = resume_run(STEPS, keep_last=None)
 DDP = ["strategy=ddp", "data.num_data_shards=2"]
 
 
-def _env() -> dict[str, str]:
+def _env(slurm_conf: str | None = None) -> dict[str, str]:
+    """This process's environment without SLURM job variables; ``slurm_conf`` overrides SLURM_CONF."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
+    if slurm_conf is not None:
+        env["SLURM_CONF"] = slurm_conf
     return {**env, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
 
 
@@ -64,12 +67,15 @@ def slurm() -> dict[str, str]:
     """An environment whose SLURM_CONF reaches a running cluster (started here if needed and possible)."""
     reason = None
     started = False
+    # .ci/run exports SLURM_CONF; otherwise a cluster this module started before (or starts now) is used.
+    # Kept in the environment handed to the tests, never set in os.environ (later tests would inherit it).
+    conf = os.environ.get("SLURM_CONF")
     if shutil.which("sbatch") is None or shutil.which("slurmctld") is None:
         reason = "slurm-wlm is not installed (.ci/run installs it; or apt-get install slurm-wlm munge)"
     else:
-        if "SLURM_CONF" not in os.environ and (STATE / "slurm.conf").exists():
-            os.environ["SLURM_CONF"] = str(STATE / "slurm.conf")
-        if not _sinfo_ok(_env()):
+        if conf is None and (STATE / "slurm.conf").exists():
+            conf = str(STATE / "slurm.conf")
+        if not _sinfo_ok(_env(conf)):
             if os.geteuid() != 0:
                 reason = "no SLURM cluster answers and starting one needs root (launch/slurm/ci/start.sh)"
             else:
@@ -80,9 +86,9 @@ def slurm() -> dict[str, str]:
                     text=True,
                     timeout=180,
                 )
-                os.environ["SLURM_CONF"] = str(STATE / "slurm.conf")
+                conf = str(STATE / "slurm.conf")
                 started = result.returncode == 0
-                if not started or not _sinfo_ok(_env(), wait=30):
+                if not started or not _sinfo_ok(_env(conf), wait=30):
                     reason = (
                         f"launch/slurm/ci/start.sh could not start the cluster (exit {result.returncode}):\n"
                         f"{(result.stdout + result.stderr)[-2000:]}"
@@ -91,7 +97,7 @@ def slurm() -> dict[str, str]:
         if os.environ.get("PFM_REQUIRE_SLURM") == "1":
             pytest.fail(f"PFM_REQUIRE_SLURM=1 but the SLURM tests cannot run: {reason}")
         pytest.skip(reason)
-    yield _env()
+    yield _env(conf)
     if started:
         subprocess.run([str(CI / "stop.sh"), str(STATE)], timeout=60)
 
