@@ -20,6 +20,7 @@ _SUBCOMMAND_MODULES: list[str] = [
     "pfm.embeddings.cli",
     "pfm.sample",
     "pfm.wellfmt.commands",
+    "pfm.evaluate",
 ]
 
 

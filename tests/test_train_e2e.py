@@ -12,7 +12,7 @@ from conftest import TINY_RUN, pfm_train
 from omegaconf import OmegaConf
 
 from pfm.build import build_task
-from pfm.tasks import nrmse
+from pfm.evaluation.metrics import nrmse
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_checkpoint_reloads_to_the_logged_validation_error(demo_run: Path) -> No
     errors = []
     with torch.no_grad():
         for batch in datamodule.val_dataloader():
-            errors.append(nrmse(task(batch["input"]), batch["input"]))
+            errors.append(nrmse(task(batch["input"]), batch["input"], channel_dim=1).mean(1))
     reloaded = torch.cat(errors).mean().item()
     with open(demo_run / "csv" / "metrics.csv") as f:
         logged = [float(r["val/nrmse"]) for r in csv.DictReader(f) if r.get("val/nrmse")][-1]

@@ -50,6 +50,7 @@ from pfm.models.gphyt_official import GPHYT_SIZES, OFFICIAL_FIELDS, load_officia
 from pfm.models.gphyt_stencil import StencilWeights
 from pfm.models.layers.attention import check_attention_backend
 from pfm.models.layers.vit import TransformerBlock, axial_rope
+from pfm.models.rollout import finite_rows, rollout
 
 __all__ = ["GPHYT_SIZES", "INTEGRATORS", "OFFICIAL_FIELDS", "GPhyT"]
 
@@ -371,7 +372,7 @@ class GPhyT(nn.Module):
                 f"spatial sides {list(sides)} are not multiples of the patch {list(self.patch_size[1:])}; "
                 f"crop or resample to multiples, e.g. {fit}."
             )
-        if not _all_finite(x):
+        if not bool(finite_rows(x).all()):
             raise ValueError(
                 "the input window contains NaN or Inf values; clean the data (GPhyT rejects them)."
             )
@@ -465,26 +466,19 @@ class GPhyT(nn.Module):
         return self.step(x, fields)
 
     def rollout(self, x: torch.Tensor, num_steps: int, fields: Sequence[str] | None = None) -> torch.Tensor:
-        """Autoregressive prediction with a sliding context: (B, T, *spatial, C) -> (B, K, *spatial, C).
+        """Autoregressive prediction by pfm's rollout rule: (B, T, *spatial, C) -> (B, K, *spatial, C).
 
-        Stops at the first step whose prediction holds a NaN or Inf (in any sample): K <= num_steps is the
-        number of finite steps, also stored in `self.num_finite_steps`. The window slides: each prediction
-        is appended and the oldest frame dropped once the window holds num_frames frames.
+        The rule (:mod:`pfm.models.rollout`): each prediction is appended to the window and the oldest frame
+        dropped once the window holds num_frames frames; a sample whose prediction holds a NaN or Inf stops
+        there (NaN from then on) while the others go on. K <= num_steps is the most finite steps of any sample,
+        also stored in `self.num_finite_steps`; `self.finite_steps` (B,) holds each sample's.
         """
-        if num_steps < 0:
-            raise ValueError(f"num_steps={num_steps} must be >= 0.")
-        predictions: list[torch.Tensor] = []
-        window = x
-        for _ in range(num_steps):
-            frame = self.step(window, fields)
-            if not _all_finite(frame):
-                break
-            predictions.append(frame)
-            window = self._advance(window, frame[:, 0])
-        self.num_finite_steps = len(predictions)
-        if not predictions:
-            return x.new_empty(x.shape[0], 0, *x.shape[2:])
-        return torch.cat(predictions, dim=1)
+        predictions, finite = rollout(
+            lambda window: self.step(window, fields), x, num_steps, num_frames=self.num_frames
+        )
+        self.finite_steps = finite
+        self.num_finite_steps = int(finite.max()) if finite.numel() else 0
+        return predictions[:, : self.num_finite_steps]
 
     # ------------------------------------------------------------------------------------ official weights
     @classmethod
@@ -514,15 +508,6 @@ class GPhyT(nn.Module):
                 stacklevel=2,
             )
         return to_official(self)
-
-
-def _all_finite(x: torch.Tensor) -> bool:
-    """Whether every element of `x` is finite.
-
-    One reduction first (a NaN or Inf anywhere makes the sum non-finite; on a CPU it costs a twentieth of
-    `isfinite(x).all()`); the elementwise check decides only when the sum is not finite, e.g. overflowed.
-    """
-    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def _check_names(names: Sequence[str], what: str) -> tuple[str, ...]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from pfm.tasks.autoencoder import nrmse
+from pfm.evaluation.metrics import nrmse
+from pfm.models.rollout import rollout
+from pfm.tasks.autoencoder import masked_mean
 from pfm.tasks.base import Task
 
 __all__ = ["DynamicsTask"]
@@ -30,13 +32,19 @@ class DynamicsTask(Task):
         std = x.std(dim=dims, keepdim=True).clamp_min(1e-6)
         return self.model((x - mean) / std) * std + mean
 
-    def rollout(self, x0: torch.Tensor, num_steps: int) -> torch.Tensor:
-        """Autoregressive rollout from ``(B, C, X, Y, Z)``; returns ``(B, num_steps, C, X, Y, Z)``."""
-        states, x = [], x0
-        for _ in range(num_steps):
-            x = self(x)
-            states.append(x)
-        return torch.stack(states, dim=1)
+    def rollout(self, x0: torch.Tensor, num_steps: int, *, stop_non_finite: bool = False) -> torch.Tensor:
+        """Autoregressive rollout from ``(B, C, X, Y, Z)``; returns ``(B, num_steps, C, X, Y, Z)``.
+
+        pfm's rollout rule (:mod:`pfm.models.rollout`) with a one-frame window; with ``stop_non_finite`` a
+        sample stops at its first non-finite prediction (NaN from then on).
+        """
+        states, _ = rollout(
+            lambda window: self(window[:, -1])[:, None],
+            x0[:, None],
+            num_steps,
+            stop_non_finite=stop_non_finite,
+        )
+        return states
 
     @staticmethod
     def _frames(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -60,16 +68,22 @@ class DynamicsTask(Task):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """nRMSE of the rollout at every step, overall and per PDE family."""
+        """nRMSE (:mod:`pfm.evaluation.metrics`, mean over samples and present channels) at every rollout step,
+        overall and per PDE family; ``val/nrmse`` is the first step's."""
         frames = self._frames(batch)
         predicted = self.rollout(frames[:, 0], frames.shape[1] - 1)
         b = frames.shape[0]
+        mask = batch.get("channel_mask")
+
+        def err_at(step: int) -> torch.Tensor:
+            return masked_mean(nrmse(predicted[:, step], frames[:, step + 1], channel_dim=1), mask)
+
         for step in range(predicted.shape[1]):
-            err = nrmse(predicted[:, step].float(), frames[:, step + 1].float())
+            err = err_at(step)
             self.log(f"val/nrmse_step{step + 1}", err.mean(), batch_size=b, sync_dist=True)
             if step == 0:
                 self.log("val/nrmse", err.mean(), prog_bar=True, batch_size=b, sync_dist=True)
-        final = nrmse(predicted[:, -1].float(), frames[:, -1].float())
+        final = err_at(predicted.shape[1] - 1)
         if "pde" in batch and self.pde_names:
             for index, name in enumerate(self.pde_names):
                 mask = batch["pde"] == index

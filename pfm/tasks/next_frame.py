@@ -1,6 +1,7 @@
 """Next-frame training of a field model (GPhyT) on field windows, evaluated by autoregressive rollouts.
 
-Public names: ``NextFrameTask``, ``field_errors``.
+Public names: ``NextFrameTask``, ``field_errors`` (from :mod:`pfm.evaluation.metrics`, the one definition of
+VRMSE and nRMSE).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any, Literal
 
 import torch
 
+from pfm.evaluation.metrics import field_errors
 from pfm.io import atomic_path
+from pfm.models.rollout import rollout
 from pfm.tasks.base import Task
 
 __all__ = ["NextFrameTask", "field_errors"]
@@ -21,20 +24,6 @@ log = logging.getLogger(__name__)
 
 # Keeps a (nearly) constant field from blowing up normalised values and losses; The Well uses the same floor.
 _MIN_STD = 1e-4
-_EPS = 1e-7
-
-
-def field_errors(prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """VRMSE and nRMSE per sample and field, each ``(B, C)``, of ``(B, *spatial, C)`` frames.
-
-    VRMSE = sqrt(mean (p - t)^2 / (var t + eps)) (1 for predicting the mean); nRMSE = sqrt(mean (p - t)^2 /
-    (mean t^2 + eps)), both over space, as The Well defines them.
-    """
-    dims = tuple(range(1, target.ndim - 1))
-    mse = (prediction.float() - target.float()).pow(2).mean(dims)
-    var = target.float().var(dims, unbiased=False)
-    power = target.float().pow(2).mean(dims)
-    return (mse / (var + _EPS)).sqrt(), (mse / (power + _EPS)).sqrt()
 
 
 class NextFrameTask(Task):
@@ -141,8 +130,10 @@ class NextFrameTask(Task):
         """Autoregressive prediction of ``num_steps`` frames from ``window`` ``(B, T, *spatial, F)``.
 
         Returns predictions ``(B, num_steps, *spatial, F)`` in the window's units (absent fields zero) and
-        the number of finite steps per sample ``(B,)``. With ``stop_non_finite`` a group of samples stops at
-        its first non-finite prediction; later steps are NaN and do not count.
+        the number of finite steps per sample ``(B,)``. The window of T frames slides over the predictions and,
+        with ``stop_non_finite``, a sample stops at its first non-finite prediction (later steps NaN, not
+        counted): pfm's one rollout rule, :mod:`pfm.models.rollout`. Samples with the same present fields
+        roll out together, normalised by their context's statistics (``normalize=sample``).
         """
         names_all = self._field_names(window.shape[-1])
         out = window.new_full((window.shape[0], num_steps, *window.shape[2:]), float("nan"))
@@ -158,16 +149,21 @@ class NextFrameTask(Task):
             else:
                 mean, std = x.new_zeros(()), x.new_ones(())
             x = ((x - mean) / std).to(window.dtype)
-            for k in range(num_steps):
-                frame = self._step(x, names)
-                if stop_non_finite and not bool(torch.isfinite(frame).all()):
-                    break
-                x = torch.cat((x[:, 1:], frame.to(x.dtype)), dim=1)
-                physical = (frame.float() * std + mean).to(out.dtype)
-                full = out.new_zeros((rows.numel(), *out.shape[2:]))
-                full[..., cols] = physical[:, 0]
-                out[rows, k] = full
-                finite[rows] = k + 1
+            predicted, steps = rollout(
+                lambda w, names=names: self._step(w, names),
+                x,
+                num_steps,
+                num_frames=x.shape[1],
+                stop_non_finite=stop_non_finite,
+            )
+            physical = (predicted.float() * std + mean).to(out.dtype)  # (rows, num_steps, *spatial, cols)
+            full = out.new_zeros((rows.numel(), *out.shape[1:]))
+            full[..., cols] = physical
+            # steps after a sample stopped stay NaN in every field, absent ones included
+            stopped = torch.arange(num_steps, device=out.device)[None, :] >= steps[:, None]
+            full[stopped] = float("nan")
+            out[rows] = full
+            finite[rows] = steps
         return out, finite
 
     # ------------------------------------------------------------------------------------------- training
