@@ -6,12 +6,15 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
-from conftest import TINY_RUN, pfm_train
+from conftest import CONF_DIR, TINY_RUN, pfm_train
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pfm.build import build_task
+from pfm.callbacks import ExamplePlot
 from pfm.evaluation.metrics import nrmse
 
 
@@ -84,3 +87,31 @@ def test_missing_value_is_named(tmp_path: Path, tiny_run: list[str]) -> None:
     result = pfm_train([*tiny_run, "data.crop=???"], tmp_path)
     assert result.returncode != 0
     assert "data.crop" in result.stderr
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_picture_reuses_the_validation_set(tmp_path: Path, one_thread: None, validate: bool) -> None:
+    """reconstruction.png comes from the loader validation used: the online validation set (pools advanced
+    for burn-in) is made once per run, not once more for the picture; without validation it is made then."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=demo", "model=conv_vae", *TINY_RUN[:5]])
+    datamodule, task = build_task(cfg)
+    calls = []
+    make = datamodule.val_dataloader
+    datamodule.val_dataloader = lambda: calls.append(1) or make()
+    trainer = L.Trainer(
+        max_steps=2,
+        val_check_interval=2,
+        limit_val_batches=None if validate else 0,
+        num_sanity_val_steps=0,
+        callbacks=[ExamplePlot(tmp_path)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
+    trainer.fit(task, datamodule=datamodule)
+    assert len(calls) == 1, f"the validation set was made {len(calls)} times"
+    assert (tmp_path / "reconstruction.png").read_bytes().startswith(b"\x89PNG")

@@ -84,7 +84,7 @@ class ExamplePlot(L.Callback):
             or not hasattr(pl_module, "example_panels")
         ):
             return
-        batch = next(iter(trainer.datamodule.val_dataloader()))
+        batch = next(iter(_validation_loader(trainer)))
         batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         was_training = pl_module.training
         pl_module.eval()
@@ -92,6 +92,20 @@ class ExamplePlot(L.Callback):
         pl_module.train(was_training)
         self.written = self.out_dir / filename
         write_panels(rows, self.written)
+
+
+def _validation_loader(trainer: L.Trainer):
+    """The loader validation used in this fit, else a new one from the datamodule.
+
+    Online datamodules generate their validation set on each ``val_dataloader()`` call (the demo's takes as
+    long as ten training steps), so the picture reuses the one already made; its first batch is the same.
+    """
+    loaders = trainer.val_dataloaders
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    elif isinstance(loaders, dict):
+        loaders = next(iter(loaders.values()), None)
+    return loaders if loaders is not None else trainer.datamodule.val_dataloader()
 
 
 def write_panels(rows: dict[str, torch.Tensor], path: Path) -> None:
