@@ -1,15 +1,19 @@
-"""Atomic writes of files and folders: write to a temporary name in the same folder, then rename."""
+"""File helpers: atomic writes of files and folders (a temporary name in the same folder, then a rename), and
+file hashes."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_path", "current_umask"]
+__all__ = ["atomic_dir", "atomic_path", "current_umask", "sha256_file", "write_atomic"]
+
+_CHUNK = 1 << 20
 
 
 def current_umask() -> int:
@@ -66,3 +70,21 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and durably (flushed to disk before the rename); returns the path."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

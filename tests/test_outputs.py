@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from datagen.shards import _atomic_write as shard_write
 from pfm.callbacks import LossCurvePlot, StepProgressBar
 from pfm.callbacks.plots import write_panels
-from pfm.checkpoints.export import _write_atomic as export_write
 from pfm.io import atomic_path, current_umask
+from pfm.io import write_atomic as export_write
 
 
 @pytest.fixture

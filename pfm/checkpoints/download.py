@@ -35,7 +35,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from pfm.checkpoints.registry import Entry, FileSpec
-from pfm.io import atomic_path
+from pfm.io import atomic_path, sha256_file
 
 __all__ = [
     "DownloadError",
@@ -76,15 +76,6 @@ def is_offline() -> bool:
         os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
         for k in ("PFM_OFFLINE", "HF_HUB_OFFLINE")
     )
-
-
-def sha256_file(path: str | Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _url_path(spec: FileSpec) -> Path:

@@ -7,8 +7,6 @@ a ``README.md`` model card, and ``SHA256SUMS``. Every file is written atomically
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,9 +17,9 @@ from omegaconf import OmegaConf
 from pfm.checkpoints.files import is_complete, read_checkpoint
 from pfm.checkpoints.safe import safe_load
 from pfm.extras import require_extra
-from pfm.io import atomic_path
+from pfm.io import sha256_file, write_atomic
 
-__all__ = ["export_checkpoint", "training_state_dict", "verify_export"]
+__all__ = ["export_checkpoint", "read_sha256sums", "training_state_dict", "verify_export"]
 
 _NETWORK_PREFIX = "model."  # the task holds its network (model, or head wrapping it) as `self.model`
 
@@ -133,13 +131,6 @@ def _refused_note(obj: object) -> str:
     return f" It names globals that were not executed: {', '.join(refused[:5])}." if refused else ""
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _model_card(info: Mapping[str, Any], step: int | None, num_params: int, source: Path) -> str:
     config = info.get("config", {})
     data = config.get("data", {}) if isinstance(config, Mapping) else {}
@@ -215,18 +206,26 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
         ).encode(),
     }
     for name, data in files.items():
-        _write_atomic(out_dir / name, data)
-    sums = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in files.items())
-    _write_atomic(out_dir / "SHA256SUMS", sums.encode())
+        write_atomic(out_dir / name, data)
+    sums = "".join(f"{sha256_file(out_dir / name)}  {name}\n" for name in files)
+    write_atomic(out_dir / "SHA256SUMS", sums.encode())
     return out_dir
+
+
+def read_sha256sums(directory: str | Path) -> dict[str, str]:
+    """``{file name: hex sha256}`` from the ``SHA256SUMS`` of an export folder."""
+    sums = {}
+    for line in (Path(directory) / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        sums[name] = digest
+    return sums
 
 
 def verify_export(directory: str | Path) -> None:
     """Check every file listed in an export folder's ``SHA256SUMS``; a mismatch raises naming both hashes."""
     directory = Path(directory)
-    for line in (directory / "SHA256SUMS").read_text().splitlines():
-        digest, name = line.split(maxsplit=1)
-        actual = hashlib.sha256((directory / name).read_bytes()).hexdigest()
+    for name, digest in read_sha256sums(directory).items():
+        actual = sha256_file(directory / name)
         if actual != digest:
             raise ValueError(
                 f"{directory / name} has SHA-256 {actual}, expected {digest}; re-export or re-download."

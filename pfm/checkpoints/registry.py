@@ -22,7 +22,6 @@ entry of the same name. Public names: :class:`Entry`, :class:`FileSpec`, :func:`
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -34,6 +33,8 @@ import yaml
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
+from pfm.checkpoints.export import read_sha256sums
+from pfm.io import sha256_file
 from pfm.paths import BUNDLED_REGISTRY, CONF_DIR
 
 __all__ = [
@@ -288,15 +289,12 @@ def export_entry(export_dir: str | Path, url_prefix: str | None = None) -> dict[
     """
     export_dir = Path(export_dir).resolve()
     config = OmegaConf.to_container(OmegaConf.load(export_dir / "config.yaml"))
-    sums = {}
-    for line in (export_dir / "SHA256SUMS").read_text().splitlines():
-        digest, file_name = line.split(maxsplit=1)
-        sums[file_name] = digest
+    sums = read_sha256sums(export_dir)
     model_cfg = config.get("model") or {}
     target = str(model_cfg.get("_target_", "?"))
     files = []
     for file_name in ("model.safetensors", "config.yaml"):
-        digest = sums.get(file_name) or hashlib.sha256((export_dir / file_name).read_bytes()).hexdigest()
+        digest = sums.get(file_name) or sha256_file(export_dir / file_name)
         url = f"{url_prefix.rstrip('/')}/{file_name}" if url_prefix else (export_dir / file_name).as_uri()
         files.append({"url": url, "sha256": digest, "num_bytes": (export_dir / file_name).stat().st_size})
     with safe_open(str(export_dir / "model.safetensors"), "pt") as f:

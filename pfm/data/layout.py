@@ -12,14 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 __all__ = ["ShardLayout", "process_rank", "shard_layout"]
 
 
 def process_rank(trainer: Any) -> tuple[int, int]:
-    """``(global rank, world size)`` of this process under ``trainer``; ``(0, 1)`` without one."""
-    if trainer is None:
-        return 0, 1
-    return int(trainer.global_rank), int(trainer.world_size)
+    """``(global rank, world size)`` of this process: the Trainer's, else torch.distributed's, else ``(0, 1)``."""
+    world = getattr(trainer, "world_size", None)
+    if isinstance(world, int):
+        return int(getattr(trainer, "global_rank", 0)), world
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 @dataclass(frozen=True)

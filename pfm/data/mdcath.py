@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datagen.md import centre, random_rotations
-from datagen.seeding import generator
+from datagen.seeding import generator, validation_seed
 from pfm.data.layout import process_rank
 from pfm.data.stream_state import TrainedBatchStream
 from pfm.embeddings import EmbeddingTable, residue_ids
@@ -294,7 +294,7 @@ class MdCathDataModule(TrainedBatchStream, L.LightningDataModule):
             self.sample(
                 domains,
                 self.batch_size,
-                generator(self.seed + 1_000_003, self._rank(), i, "mdcath-val"),
+                generator(validation_seed(self.seed), self._rank(), i, "mdcath-val"),
                 False,
             )
             for i in range(self.num_val_batches)

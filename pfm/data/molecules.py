@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datagen.md import AMINO_ACIDS, ChainPool, ForceField
+from datagen.seeding import validation_seed
 from pfm.data.stream_state import PoolStream
 from pfm.embeddings import EmbeddingTable, residue_ids
 
@@ -181,7 +182,7 @@ class ChainDataModule(PoolStream, L.LightningDataModule):
         device = self.pools[0].device if self.pools else torch.device("cpu")
         batches = []
         for s in self._layout().local:
-            pool = self._pool(s, self.seed + 1_000_003, device)
+            pool = self._pool(s, validation_seed(self.seed), device)
             for _ in range(self.num_val_batches):
                 for _ in range(max(1, self.val_burn_in_frames)):
                     pool.advance()

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datagen import FamilySpec, ShardPool, get_pde
+from datagen.seeding import validation_seed
 from pfm.data.prefetch import Prefetcher
 from pfm.data.stream_state import PoolStream
 
@@ -243,7 +244,7 @@ class OnlineCropDataModule(PoolStream, L.LightningDataModule):
             pool = ShardPool(
                 self.families,
                 refresh_fraction=self.refresh_fraction,
-                seed=self.seed + 1_000_003,
+                seed=validation_seed(self.seed),
                 shard=s,
                 device=device,
                 **self.pool_kwargs,

@@ -43,6 +43,7 @@ from webdataset.tariterators import base_plus_ext
 
 from datagen import get_pde
 from datagen.shards import decode_sample
+from pfm.data.layout import process_rank
 
 __all__ = ["EpochPlan", "ShardDataModule", "count_shard_samples", "plan_epoch"]
 
@@ -194,15 +195,6 @@ class ShardDataModule(L.LightningDataModule):
         return batch
 
     # --- how the shards divide over processes ---------------------------------------------------------------
-    def _process(self) -> tuple[int, int]:
-        """(rank, world size) of this process: the Trainer's, else torch.distributed's, else (0, 1)."""
-        world = getattr(self.trainer, "world_size", None)
-        if isinstance(world, int):
-            return int(getattr(self.trainer, "global_rank", 0)), world
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
     def _split_urls(self, split: str) -> list[str]:
         if split == "val" and self.val_path:
             return sorted(str(p) for p in Path(self.val_path).glob("*.tar"))
@@ -234,7 +226,7 @@ class ShardDataModule(L.LightningDataModule):
         Validation reads without workers. Raises ``ValueError`` when a process (or a worker of one) gets no
         shard, or a process's shards hold no full batch.
         """
-        rank, world = self._process()
+        rank, world = process_rank(self.trainer)
         urls = self._split_urls(split)
         num_workers = self.num_workers if split == "train" else 0
         readers = max(num_workers, 1)
@@ -304,7 +296,7 @@ class ShardDataModule(L.LightningDataModule):
             loader = DataLoader(self.dataset(), batch_size=None, num_workers=self.num_workers)
             return _ResumableLoader(self, loader, num_batches=None)
         plan = self.epoch_plan("train")
-        rank, world = self._process()
+        rank, world = process_rank(self.trainer)
         mine = self.urls[rank::world]
         loader = DataLoader(self.dataset(mine), batch_size=None, num_workers=self.num_workers)
         return _ResumableLoader(self, loader, num_batches=plan.num_batches)
@@ -342,7 +334,7 @@ class ShardDataModule(L.LightningDataModule):
         Read once, never resampled, the same number of batches on every process.
         """
         plan = self.epoch_plan("val")
-        rank, world = self._process()
+        rank, world = process_rank(self.trainer)
         urls = self._split_urls("val")[rank::world]
         loader = DataLoader(self.dataset(urls, resampled=False), batch_size=None, num_workers=0)
         return _EpochLoader(loader, plan.num_batches)
