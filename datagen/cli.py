@@ -16,6 +16,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from datagen.argtypes import at_least
+
 if TYPE_CHECKING:
     from datagen.pool import FamilySpec
 
@@ -51,27 +53,33 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="registered PDE families")
     write = sub.add_parser("write", help="write webdataset tar shards")
     write.add_argument("--pde", nargs="+", required=True, help="family names (configs from conf/data/pde)")
-    write.add_argument("--samples", type=int, required=True)
+    write.add_argument("--samples", type=at_least(1, 1024), required=True)
     write.add_argument("--out", required=True)
     write.add_argument("--kind", choices=["crops", "windows", "pairs"], default="crops")
-    write.add_argument("--n", type=int, default=64)
-    write.add_argument("--dims", type=int, default=3, help="num_spatial_dims")
-    write.add_argument("--crop", type=int, default=32, help="crop size; 0 keeps whole fields (windows/pairs)")
-    write.add_argument("--window", type=int, default=4)
-    write.add_argument("--lag", type=int, default=1)
-    write.add_argument("--batch", type=int, default=8, help="samples drawn per pool step")
-    write.add_argument("--num-trajectories", type=int, default=8)
-    write.add_argument("--samples-per-shard", type=int, default=256)
+    write.add_argument("--n", type=at_least(2, 64), default=64)
+    write.add_argument("--dims", type=at_least(1, 3), default=3, help="num_spatial_dims")
+    write.add_argument(
+        "--crop", type=at_least(0, 32), default=32, help="crop size; 0 keeps whole fields (windows/pairs)"
+    )
+    write.add_argument("--window", type=at_least(1, 4), default=4)
+    write.add_argument("--lag", type=at_least(1, 1), default=1)
+    write.add_argument("--batch", type=at_least(1, 8), default=8, help="samples drawn per pool step")
+    write.add_argument("--num-trajectories", type=at_least(1, 8), default=8)
+    write.add_argument("--samples-per-shard", type=at_least(1, 256), default=256)
     write.add_argument("--seed", type=int, default=0)
-    write.add_argument("--shard", type=int, default=0, help="data shard index (disjoint random streams)")
+    write.add_argument(
+        "--shard", type=at_least(0, 0), default=0, help="data shard index (disjoint random streams)"
+    )
     write.add_argument("--config-dir", type=Path, default=_CONF)
     bench = sub.add_parser("bench", help="print generation throughput")
     bench.add_argument("--pde", nargs="+", default=None, help="default: every family with a 3D config")
-    bench.add_argument("--n", type=int, default=32)
-    bench.add_argument("--batch", type=int, default=4)
-    bench.add_argument("--steps", type=int, default=10)
-    bench.add_argument("--crop", type=int, default=16)
-    bench.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    bench.add_argument("--n", type=at_least(2, 32), default=32)
+    bench.add_argument("--batch", type=at_least(1, 4), default=4)
+    bench.add_argument("--steps", type=at_least(1, 10), default=10)
+    bench.add_argument("--crop", type=at_least(1, 16), default=16)
+    bench.add_argument(
+        "--threads", type=at_least(1, 2), default=None, help="torch threads (default: torch's)"
+    )
     bench.add_argument("--config-dir", type=Path, default=_CONF)
     args = parser.parse_args(argv)
 
@@ -83,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "write":
         from datagen.shards import write_shards
 
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            parser.error(
+                f"--out {args.out} is an existing file; expected a folder for the shards (new, or one of "
+                f"earlier shards). Fix: pass another path, e.g. --out {args.out}_shards, or move the file away."
+            )
         families = [load_family(name, args.config_dir) for name in args.pde]
         paths = write_shards(
             families,

@@ -100,6 +100,20 @@ def write_shards(
     import webdataset as wds
 
     out = Path(out)
+    counts_given = {"num_samples": num_samples, "samples_per_shard": samples_per_shard, "batch": batch}
+    counts_given.update(window=window, lag=lag)
+    for name, value in counts_given.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}: expected an integer >= 1. Fix: e.g. {name}=8.")
+    if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 1):
+        raise ValueError(
+            f"crop={crop!r}: expected an integer >= 1, or None for whole fields. Fix: e.g. crop=32."
+        )
+    if out.exists() and not out.is_dir():
+        raise ValueError(
+            f"out={str(out)!r} is an existing file; expected a folder for the shards (new, or one of earlier "
+            f"shards). Fix: pass another path, e.g. {str(out)!r} + '_shards', or move the file away."
+        )
     out.mkdir(parents=True, exist_ok=True)
     pool_kwargs = dict(pool_kwargs or {})
     history = max(window if kind == "windows" else 1, lag + 1 if kind == "pairs" else 1)
@@ -131,16 +145,20 @@ def write_shards(
         path = out / f"{prefix}-{len(paths):06d}.tar"
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         first = written
-        with open(tmp, "wb") as handle, wds.TarWriter(handle) as sink:
-            for _ in range(min(samples_per_shard, num_samples - written)):
-                sample = next(stream)
-                record = {"__key__": f"{written:09d}", "json": json.dumps(sample.pop("meta")).encode()}
-                record["pde.cls"] = str(int(sample.pop("pde"))).encode()
-                for key, value in sample.items():
-                    record[f"{key}.npy"] = _npy(value)
-                sink.write(record)
-                written += 1
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as handle, wds.TarWriter(handle) as sink:
+                for _ in range(min(samples_per_shard, num_samples - written)):
+                    sample = next(stream)
+                    record = {"__key__": f"{written:09d}", "json": json.dumps(sample.pop("meta")).encode()}
+                    record["pde.cls"] = str(int(sample.pop("pde"))).encode()
+                    for key, value in sample.items():
+                        record[f"{key}.npy"] = _npy(value)
+                    sink.write(record)
+                    written += 1
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # no partial shard is left (a KeyboardInterrupt included)
+            raise
         paths.append(path)
         counts[path.name] = written - first
     # readers deal whole shards to processes and need each one's size to give them equal epochs

@@ -33,6 +33,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pfm.distributed.trainer_switches import merge_trainer_switches
+from pfm.unpickle import check_safetensors
 
 __all__ = ["RANGES", "check_config", "config_problems", "merge_trainer_devices"]
 
@@ -272,6 +273,16 @@ def _init_from_problems(cfg: DictConfig) -> Iterator[str]:
             f"init_from={str(source)!r} is not a PyTorch checkpoint (not a zip archive: another kind of "
             f"file, or a truncated download). {fix}"
         )
+    else:
+        # safetensors' own error for a truncated file ("incomplete metadata") names no file
+        files = (
+            sorted(path.glob("*.safetensors")) if path.is_dir() else [path] * (path.suffix == ".safetensors")
+        )
+        for file in files:
+            try:
+                check_safetensors(file)
+            except ValueError as err:
+                yield f"init_from={str(source)!r}: {err} {fix}"
 
 
 def config_problems(cfg: DictConfig, keys: Sequence[str] | None = None) -> list[str]:

@@ -69,7 +69,7 @@ def load_for_evaluation(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     if path.is_dir() and (path / "config.yaml").is_file():
         return load_pretrained(path), dict(OmegaConf.to_container(OmegaConf.load(path / "config.yaml")))
     if path.exists():
-        meta = read_checkpoint(path, safe=True)
+        meta = read_checkpoint(path, strict=False)  # runs no pickled code; only "pfm" is used
         info = meta.get("pfm") if isinstance(meta, Mapping) else None
         if not isinstance(info, Mapping) or not isinstance(info.get("model"), Mapping):
             from pfm.sample import load_tito  # an official (P)LaTITO file: its widths are read off the shapes

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -92,16 +93,46 @@ def _explicit(overrides: list[str]) -> dict[str, str]:
     return {kv[0]: kv[1] for kv in map(_split, overrides) if kv is not None}
 
 
+# SLURM's --time formats (sbatch(1)): minutes, minutes:seconds, hours:minutes:seconds, days-hours,
+# days-hours:minutes, days-hours:minutes:seconds; "infinite"/"unlimited" where the partition allows it
+_SLURM_TIME = re.compile(
+    r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$"
+)
+
+
+def check_slurm_time(text: str) -> str:
+    """``text`` if it is a time limit sbatch accepts, else a LaunchError naming it, the formats and an example."""
+    if text.lower() in ("infinite", "unlimited") or (
+        _SLURM_TIME.match(text) and any(c != "0" for c in text if c.isdigit())
+    ):
+        return text
+    raise LaunchError(
+        f"--time {text!r} is not a SLURM time limit; expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
+        "D-HH:MM:SS (not zero). Fix: e.g. --time 24:00:00 or --time 1-12:00:00."
+    )
+
+
 def _counts(args: argparse.Namespace) -> tuple[int, str, int]:
     """(tasks per node, accelerator, gpus per node) from the command line, or a LaunchError."""
     if args.nodes < 1:
-        raise LaunchError(f"--nodes {args.nodes}: expected >= 1.")
+        raise LaunchError(f"--nodes {args.nodes}: expected an integer >= 1. Fix: e.g. --nodes 2.")
     if args.gpus_per_node < 0:
-        raise LaunchError(f"--gpus-per-node {args.gpus_per_node}: expected >= 0 (0: CPU processes).")
+        raise LaunchError(
+            f"--gpus-per-node {args.gpus_per_node}: expected an integer >= 0 (0: CPU processes). "
+            "Fix: e.g. --gpus-per-node 4."
+        )
+    if args.cpus_per_task is not None and args.cpus_per_task < 1:
+        raise LaunchError(
+            f"--cpus-per-task {args.cpus_per_task}: expected an integer >= 1. Fix: e.g. --cpus-per-task 8."
+        )
+    if args.time is not None:
+        check_slurm_time(args.time)
     if args.gpus_per_node == 0:
-        tasks = args.tasks_per_node or 1
+        tasks = 1 if args.tasks_per_node is None else args.tasks_per_node
         if tasks < 1:
-            raise LaunchError(f"--tasks-per-node {tasks}: expected >= 1.")
+            raise LaunchError(
+                f"--tasks-per-node {tasks}: expected an integer >= 1. Fix: e.g. --tasks-per-node 2."
+            )
         return tasks, "cpu", 0
     if args.tasks_per_node not in (None, args.gpus_per_node):
         raise LaunchError(

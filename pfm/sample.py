@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from datagen.argtypes import at_least, positive
 from pfm.build import build_network, load_exported
-from pfm.checkpoints.safe import load_state_dict
 from pfm.embeddings import EmbeddingTable, residue_ids
 from pfm.io import atomic_path
 from pfm.models.tito import PLaTITO, mask_and_zero_com
+from pfm.unpickle import load_state_dict
 
 __all__ = ["OFFICIAL_RESIDUE_IDS", "add_parser", "load_tito", "read_ca_pdb", "write_ca_pdb"]
 
@@ -187,13 +188,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pdb", required=True, help="start structure (its C-alpha atoms and sequence)")
     p.add_argument("--embeddings", help="per-residue pLM table (`pfm embed` .safetensors or official .pt)")
     p.add_argument("--name", help="entry name in an official .pt table (default: the only entry)")
-    p.add_argument("--lag", type=float, default=1.0, help="lag per transition, ns")
-    p.add_argument("--temperature", type=float, default=300.0, help="K")
-    p.add_argument("--steps", type=int, default=1000, help="transitions per trajectory")
-    p.add_argument("--flow-steps", type=int, default=50, help="Euler steps per transition")
-    p.add_argument("--trajectories", type=int, default=100, help="trajectories, all sampled as one batch")
+    p.add_argument("--lag", type=positive(1.0), default=1.0, help="lag per transition, ns")
+    p.add_argument("--temperature", type=positive(300.0), default=300.0, help="K")
+    p.add_argument("--steps", type=at_least(1, 1000), default=1000, help="transitions per trajectory")
+    p.add_argument("--flow-steps", type=at_least(1, 50), default=50, help="Euler steps per transition")
     p.add_argument(
-        "--pdb-trajectories", type=int, default=1, help="how many trajectories to also write as PDB"
+        "--trajectories", type=at_least(1, 100), default=100, help="trajectories, all sampled as one batch"
+    )
+    p.add_argument(
+        "--pdb-trajectories",
+        type=at_least(0, 1),
+        default=1,
+        help="how many trajectories to also write as PDB",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")

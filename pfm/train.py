@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -25,6 +26,7 @@ from pfm.distributed import GlobalLoss, build_strategy
 from pfm.distributed.cluster import cluster_environment
 from pfm.distributed.trainer_switches import merge_trainer_switches
 from pfm.extras import extra_problem
+from pfm.unpickle import torch_safe_globals
 
 __all__ = ["main", "run"]
 
@@ -84,7 +86,15 @@ def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
     log.info("Model: %s parameters, %s trainable", f"{num_params:,}", f"{num_trainable:,}")
     for logger in trainer.loggers:
         logger.log_hyperparams({"num_parameters": num_params, "num_trainable_parameters": num_trainable})
-    trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
+    # resolve_resume vetted the checkpoint against pfm's allowlist; Lightning's own load of a file is restricted
+    # to the same allowlist (weights_only=True whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says)
+    with torch.serialization.safe_globals(torch_safe_globals()):
+        trainer.fit(
+            task,
+            datamodule=datamodule,
+            ckpt_path=str(resume) if resume is not None else None,
+            weights_only=True,
+        )
     if trainer.is_global_zero:
         log.info("Run folder: %s", output_dir)
         log.info("  checkpoints: %s", checkpoint_dir)

@@ -7,6 +7,8 @@ Config cases are composed in-process with Hydra's compose API and checked the wa
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,12 +24,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from datagen import FamilySpec, ShardPool, make_stepper
+from datagen.shards import write_shards
 from datagen.spectral import Grid
 from datagen.stepper import as_coefficient
-from pfm.build import CONF_DIR, build_task
-from pfm.checkpoints import export_checkpoint, resolve_resume
+from pfm.build import CONF_DIR, build_task, load_pretrained
+from pfm.checkpoints import export_checkpoint, load_weights, resolve_resume
+from pfm.checkpoints.registry import load_registry
 from pfm.config_check import check_config, config_problems, merge_trainer_devices
 from pfm.data import ShardDataModule
+from pfm.data.mdcath import MdCathDataModule
+from pfm.data.well import WellDataModule
+from pfm.embeddings import EmbeddingTable
 
 # small FFTs and models on a shared 2-core machine: one torch thread (conftest.one_thread)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,6 +83,78 @@ def _state(max_abs: float, dim: int = 3, n: int = 48, length: float = 2 * math.p
     return max_abs * u[None] / u.abs().max()
 
 
+class CliError(Exception):
+    """A command line that exited non-zero; the message is what it printed on stderr."""
+
+
+def _cli(main: Callable[[list[str]], int], argv: list[str]) -> Callable[[Path], None]:
+    """Run a command line in-process (``TMP`` -> the case's folder); a non-zero exit raises CliError."""
+
+    def run(tmp: Path) -> None:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            try:
+                code = main([a.replace("TMP", str(tmp)) for a in argv])
+            except SystemExit as exit_:
+                code = exit_.code
+        if code != 0:
+            raise CliError(f"exit {code}: {err.getvalue()}")
+
+    return run
+
+
+def _pfm(argv: list[str]) -> Callable[[Path], None]:
+    from pfm.cli import main
+
+    return _cli(main, argv)
+
+
+def _datagen(argv: list[str]) -> Callable[[Path], None]:
+    from datagen.cli import main
+
+    return _cli(main, argv)
+
+
+def _safetensors(tmp: Path, name: str = "cut.safetensors", cut: int = 16) -> Path:
+    """A safetensors file with its last ``cut`` bytes missing (an interrupted download)."""
+    from safetensors.torch import save
+
+    data = save({"weight": torch.ones(8, 8)})
+    (tmp / name).write_bytes(data[: len(data) - cut])
+    return tmp / name
+
+
+def _registry(tmp: Path, text: str) -> Path:
+    (tmp / "registry.yaml").write_text(text)
+    return tmp / "registry.yaml"
+
+
+def _write(tmp: Path, name: str, data: bytes) -> Path:
+    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp / name).write_bytes(data)
+    return tmp / name
+
+
+def _torch_file(tmp: Path, name: str, cut: bool) -> Path:
+    buffer = io.BytesIO()
+    torch.save({"1abcA00": torch.ones(5, 7)}, buffer)
+    data = buffer.getvalue()
+    return _write(tmp, name, data[: len(data) // 2] if cut else b"")
+
+
+def _tar(tmp: Path, cut: int) -> None:
+    import tarfile
+
+    (tmp / "shards").mkdir()
+    (tmp / "shards" / "format.json").write_text('{"kind": "crops"}')
+    with tarfile.open(tmp / "shards" / "shard-000000.tar", "w") as tar:
+        info = tarfile.TarInfo("000000000.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    data = (tmp / "shards" / "shard-000000.tar").read_bytes()
+    (tmp / "shards" / "shard-000000.tar").write_bytes(data[: len(data) - cut])
+
+
 @dataclass
 class Case:
     """One bad input: what to run, the error type, words naming the value, words giving the fix."""
@@ -85,6 +164,7 @@ class Case:
     error: type[BaseException] | tuple[type[BaseException], ...]
     names: tuple[str, ...]
     fix: tuple[str, ...]
+    setup: Callable[[Path], object] | None = None  # writes the bad input files (not counted as left behind)
 
 
 DEMO = ["experiment=demo"]
@@ -346,6 +426,240 @@ CASES = [
         ("max_amplitude=-1.0",),
         (">= 0",),
     ),
+    # issue 17's second round: files that are truncated or empty, counts on every command line, registries
+    Case(
+        "init_from truncated .safetensors",
+        _checked([*DEMO, "init_from=TMP/cut.safetensors"]),
+        ValueError,
+        ("cut.safetensors", "header describes"),
+        ("Fix: init_from=", "download or export it again"),
+        setup=_safetensors,
+    ),
+    Case(
+        "official weights truncated .safetensors",
+        lambda t: load_weights(torch.nn.Linear(8, 8), t / "cut.safetensors"),
+        ValueError,
+        ("cut.safetensors", "header describes"),
+        ("download or export it again",),
+        setup=_safetensors,
+    ),
+    Case(
+        "embedding table empty .safetensors",
+        lambda t: EmbeddingTable(t / "e.safetensors"),
+        ValueError,
+        ("e.safetensors", "has 0 bytes"),
+        ("download or export it again",),
+        setup=lambda t: _write(t, "e.safetensors", b""),
+    ),
+    Case(
+        "embedding table truncated .pt",
+        lambda t: EmbeddingTable(t / "cut.pt"),
+        ValueError,
+        ("cut.pt", "could not be read"),
+        ("check that the file is complete",),
+        setup=lambda t: _torch_file(t, "cut.pt", cut=True),
+    ),
+    Case(
+        "load_pretrained empty .pth",
+        lambda t: load_pretrained(t / "empty.pth"),
+        ValueError,
+        ("empty.pth", "could not be read"),
+        ("check that the file is complete",),
+        setup=lambda t: _torch_file(t, "empty.pth", cut=False),
+    ),
+    Case(
+        "resume from an empty .ckpt",
+        lambda t: resolve_resume(t / "empty.ckpt", t),
+        ValueError,
+        ("resume=", "empty.ckpt", "truncated or unreadable"),
+        ("resume=auto",),
+        setup=lambda t: _torch_file(t, "empty.ckpt", cut=False),
+    ),
+    Case(
+        "mdCATH truncated .h5",
+        lambda t: MdCathDataModule(str(t / "md"), lag_range=[1, 2]),
+        ValueError,
+        ("mdcath_dataset_1abcA00.h5", "cannot be opened as HDF5"),
+        ("download the domain again",),
+        setup=lambda t: _write(t, "md/mdcath_dataset_1abcA00.h5", b"\x89HDF\r\n\x1a\n" + bytes(56)),
+    ),
+    Case(
+        "shards format.json empty",
+        lambda t: ShardDataModule(str(t / "shards")),
+        ValueError,
+        ("format.json", "not valid JSON"),
+        ("pfm-datagen write --out",),
+        setup=lambda t: _write(t, "shards/format.json", b""),
+    ),
+    Case(
+        "shards tar truncated",
+        lambda t: ShardDataModule(str(t / "shards")),
+        ValueError,
+        ("shard-000000.tar", "not a whole number of 512-byte tar blocks"),
+        ("copy or write it again",),
+        setup=lambda t: _tar(t, cut=100),
+    ),
+    Case(
+        "Well stats.yaml truncated",
+        lambda t: WellDataModule(str(t / "ds")),
+        ValueError,
+        ("stats.yaml", "not valid YAML"),
+        ("pfm data stats", "data.normalization=sample"),
+        setup=lambda t: (
+            (t / "ds" / "data" / "train").mkdir(parents=True),
+            _write(t, "ds/stats.yaml", b"mean: {u: [0.1, 0.2"),
+        ),
+    ),
+    Case(
+        "registry entry of family nope",
+        lambda t: load_registry(t / "registry.yaml"),
+        ValueError,
+        ("registry.yaml", "entry 'mine'", "family is 'nope'"),
+        ("use one of ['conv_vae'",),
+        setup=lambda t: _registry(
+            t, "models:\n  mine: {family: nope, model: conv_vae, files: [https://a/b]}\n"
+        ),
+    ),
+    Case(
+        "registry entries without models:",
+        lambda t: load_registry(t / "registry.yaml"),
+        ValueError,
+        ("registry.yaml", "top-level key(s) ['mine']"),
+        ("Fix: add a line `models:`",),
+        setup=lambda t: _registry(t, "mine: {family: conv_vae, model: conv_vae, files: [https://a/b]}\n"),
+    ),
+    Case(
+        "registry YAML truncated",
+        lambda t: load_registry(t / "registry.yaml"),
+        ValueError,
+        ("registry.yaml", "not valid YAML"),
+        ("fix the syntax",),
+        setup=lambda t: _registry(t, "models:\n  mine: {family: [\n"),
+    ),
+    Case(
+        "pfm-datagen write --samples -3",
+        _datagen(["write", "--pde", "diffusion", "--samples", "-3", "--out", "TMP/out"]),
+        CliError,
+        ("--samples", "-3 is below 1"),
+        ("expected an integer >= 1 (e.g. 1024)",),
+    ),
+    Case(
+        "pfm-datagen write --samples not an integer",
+        _datagen(["write", "--pde", "diffusion", "--samples", "1e3", "--out", "TMP/out"]),
+        CliError,
+        ("--samples", "'1e3' is not an integer"),
+        ("expected an integer >= 1",),
+    ),
+    Case(
+        "pfm-datagen write --samples-per-shard 0",
+        _datagen(
+            ["write", "--pde", "diffusion", "--samples", "4", "--samples-per-shard", "0", "--out", "TMP/o"]
+        ),
+        CliError,
+        ("--samples-per-shard", "0 is below 1"),
+        ("expected an integer >= 1",),
+    ),
+    Case(
+        "pfm-datagen write --out an existing file",
+        _datagen(["write", "--pde", "diffusion", "--samples", "4", "--out", "TMP/model.ckpt"]),
+        CliError,
+        ("--out", "model.ckpt is an existing file"),
+        ("Fix: pass another path",),
+        setup=_text_file,
+    ),
+    Case(
+        "write_shards num_samples=0",
+        lambda t: write_shards([FamilySpec("diffusion", dt=0.01)], t / "out", num_samples=0),
+        ValueError,
+        ("num_samples=0",),
+        ("expected an integer >= 1", "Fix: e.g. num_samples="),
+    ),
+    Case(
+        "pfm-datagen bench --steps 0",
+        _datagen(["bench", "--steps", "0"]),
+        CliError,
+        ("--steps", "0 is below 1"),
+        ("expected an integer >= 1",),
+    ),
+    Case(
+        "pfm launch slurm --time soon",
+        _pfm(["launch", "slurm", "experiment=demo", "--time", "soon", "--dry-run"]),
+        CliError,
+        ("--time 'soon'", "not a SLURM time limit"),
+        ("D-HH:MM:SS", "Fix: e.g. --time 24:00:00"),
+    ),
+    Case(
+        "pfm launch slurm --nodes 0",
+        _pfm(["launch", "slurm", "experiment=demo", "--nodes", "0", "--dry-run"]),
+        CliError,
+        ("--nodes 0",),
+        ("expected an integer >= 1", "Fix: e.g. --nodes 2"),
+    ),
+    Case(
+        "pfm launch slurm --tasks-per-node 0",
+        _pfm(
+            [
+                "launch",
+                "slurm",
+                "experiment=demo",
+                "--gpus-per-node",
+                "0",
+                "--tasks-per-node",
+                "0",
+                "--dry-run",
+            ]
+        ),
+        CliError,
+        ("--tasks-per-node 0",),
+        ("expected an integer >= 1",),
+    ),
+    Case(
+        "pfm launch slurm --nodes not an integer",
+        _pfm(["launch", "slurm", "experiment=demo", "--nodes", "two", "--dry-run"]),
+        CliError,
+        ("--nodes", "'two'"),
+        ("int",),
+    ),
+    Case(
+        "pfm sample --steps 0",
+        _pfm(["sample", "x.ckpt", "--pdb", "x.pdb", "--steps", "0", "--out", "TMP/out"]),
+        CliError,
+        ("--steps", "0 is below 1"),
+        ("expected an integer >= 1 (e.g. 1000)",),
+    ),
+    Case(
+        "pfm sample --temperature -5",
+        _pfm(["sample", "x.ckpt", "--pdb", "x.pdb", "--temperature", "-5", "--out", "TMP/out"]),
+        CliError,
+        ("--temperature", "-5 is not a finite number > 0"),
+        ("expected e.g. 300.0",),
+    ),
+    Case(
+        "pfm sample --trajectories not an integer",
+        _pfm(["sample", "x.ckpt", "--pdb", "x.pdb", "--trajectories", "many", "--out", "TMP/out"]),
+        CliError,
+        ("--trajectories", "'many' is not an integer"),
+        ("expected an integer >= 1",),
+    ),
+    Case(
+        "pfm embed --batch-size 0",
+        _pfm(
+            [
+                "embed",
+                "--provider",
+                "identity",
+                "--fasta",
+                "x.fasta",
+                "--out",
+                "TMP/t.safetensors",
+                "--batch-size",
+                "0",
+            ]
+        ),
+        CliError,
+        ("--batch-size", "0 is below 1"),
+        ("expected an integer >= 1 (e.g. 8)",),
+    ),
 ]
 
 
@@ -356,6 +670,8 @@ def test_the_table_is_large() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_names_value_and_fix(case: Case, tmp_path: Path) -> None:
+    if case.setup is not None:
+        case.setup(tmp_path)
     before = set(tmp_path.rglob("*"))
     with pytest.raises(case.error) as info:
         case.run(tmp_path)

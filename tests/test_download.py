@@ -134,7 +134,7 @@ def _register(path: Path, name: str, files: list[dict], **extra) -> None:
     data = yaml.safe_load(path.read_text()) or {}
     data.setdefault("models", {})
     data["models"] = data["models"] or {}
-    data["models"][name] = {"family": "test", "model": "conv_vae", "files": files, **extra}
+    data["models"][name] = {"family": "conv_vae", "model": "conv_vae", "files": files, **extra}
     path.write_text(yaml.safe_dump(data))
 
 
@@ -341,7 +341,7 @@ def test_cli_list_info_and_download_print_what_they_should(server, env):
     )
     listed = _cli(["list"], _cli_env(env)).communicate(timeout=120)[0]
     row = next(line for line in listed.splitlines() if line.startswith("mine "))
-    assert row.split() == ["mine", "test", "-", "1.2M", "MIT", "supported", "no"]
+    assert row.split() == ["mine", "conv_vae", "-", "1.2M", "MIT", "supported", "no"]
     assert any(line.startswith("tadpole-s ") for line in listed.splitlines()), "bundled entries stay"
     out = _cli(["download", "mine", "--quiet"], _cli_env(env)).communicate(timeout=120)[0]
     assert Path(out.strip().splitlines()[-1]).read_bytes() == data
@@ -400,3 +400,15 @@ def test_finetune_from_a_registry_name_served_over_http(server, env, monkeypatch
 
     recorded = read_checkpoint(out / "checkpoints" / "last.ckpt")["pfm"]["config"]["init_from"]
     assert Path(recorded).name == "main" and "tadpole-test" in recorded, recorded
+
+
+def test_progress_bar_of_a_fast_download_ends_at_100_percent(server, env, capfd):
+    """A 300 kB file over 127.0.0.1 arrives within one refresh interval: the bar must still end full."""
+    data = _blob(9, 300_000)
+    server.files["p.bin"] = data
+    _register(env / "registry.yaml", "p", [{"url": f"{server.url}/files/p.bin", "sha256": _sha(data)}])
+    (path,) = fetch(get_entry("p"), progress=True)
+    assert path.read_bytes() == data
+    bar = capfd.readouterr().err
+    last = [part for part in re.split(r"[\r\n]", bar) if part.strip()][-1]
+    assert "100%" in last and "293k/293k" in last, repr(bar[-500:])

@@ -1,4 +1,4 @@
-"""pfm.checkpoints.safe: foreign checkpoints are unpickled without running their code."""
+"""pfm.unpickle: foreign checkpoints are unpickled without running their code."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pfm.checkpoints.safe import (
+from pfm.unpickle import (
     Placeholder,
     load_state_dict,
     refused_globals,
@@ -289,7 +289,7 @@ def test_load_pretrained_runs_no_pickled_code(tmp_path, monkeypatch):
     registry = tmp_path / "registry.yaml"
     url = (tmp_path / "official.pth").as_uri()
     registry.write_text(
-        f"models:\n  evil: {{family: x, model: conv_vae, spec: {_SPEC}, files: [{{url: '{url}'}}]}}\n"
+        f"models:\n  evil: {{family: conv_vae, model: conv_vae, spec: {_SPEC}, files: [{{url: '{url}'}}]}}\n"
     )
     monkeypatch.setenv("PFM_REGISTRY", str(registry))
     monkeypatch.setenv("PFM_CACHE", str(tmp_path / "cache"))

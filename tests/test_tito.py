@@ -279,7 +279,7 @@ def write_official_ckpt(path: Path, model: PLaTITO, marker: Path) -> Path:
 
 
 def test_official_ckpt_loads_weights_and_runs_no_pickled_code(tmp_path):
-    from pfm.checkpoints.safe import load_state_dict
+    from pfm.unpickle import load_state_dict
 
     marker = tmp_path / "ran"
     model = tiny("platito")

@@ -16,7 +16,7 @@ from pfm.checkpoints.pretrained import load_weights
 from pfm.checkpoints.registry import get_entry, load_registry
 from pfm.checkpoints.resume import check_compatible, resolve_resume
 from pfm.checkpoints.run_info import read_run_info, run_info
-from pfm.checkpoints.safe import load_state_dict, safe_load
+from pfm.unpickle import load_state_dict, safe_load
 
 __all__ = [
     "PeriodicCheckpoint",

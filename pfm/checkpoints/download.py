@@ -290,7 +290,10 @@ def _http_download(url: str, part: Path, num_bytes: int | None, progress: bool) 
                         unit_divisor=1024,
                         desc=part.name.removesuffix(".part"),
                         disable=not progress,
-                        leave=False,
+                        # the finished bar stays at 100%: cleared (leave=False), a fast download's last line in a
+                        # log or terminal was the first refresh, "0%| 0.00/293k"
+                        leave=True,
+                        mininterval=0.5,
                     ) as bar,
                 ):
                     while chunk := resp.read(_CHUNK):

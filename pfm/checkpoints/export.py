@@ -15,9 +15,9 @@ import torch
 from omegaconf import OmegaConf
 
 from pfm.checkpoints.files import is_complete, read_checkpoint
-from pfm.checkpoints.safe import safe_load
 from pfm.extras import require_extra
 from pfm.io import sha256_file, write_atomic
+from pfm.unpickle import check_checkpoint, refused_globals, safe_load
 
 __all__ = ["export_checkpoint", "read_sha256sums", "training_state_dict", "verify_export"]
 
@@ -27,27 +27,27 @@ _NETWORK_PREFIX = "model."  # the task holds its network (model, or head wrappin
 def training_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The task's full fp32 state dict from a checkpoint file or a DeepSpeed ZeRO folder (any stage).
 
-    Runs no pickled code of the file's choosing: checkpoint files go through :mod:`pfm.checkpoints.safe`;
-    DeepSpeed folders are read by DeepSpeed's own loader (which unpickles), after every file in them was
-    checked to name only torch/numpy/DeepSpeed/Lightning/pfm globals (see :func:`_check_deepspeed_folder`).
+    Runs no pickled code of the file's choosing: checkpoint files go through :mod:`pfm.unpickle`;
+    DeepSpeed folders are read by DeepSpeed's own loader (which unpickles with ``weights_only=False``), after
+    every file in them was checked against pfm's one allowlist (:func:`pfm.unpickle.check_checkpoint`).
     """
     path = Path(path)
     if path.is_dir() and (path / "checkpoint").is_dir():
         require_extra("deepspeed", "deepspeed", f"Reading the DeepSpeed checkpoint folder {path}")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        _check_deepspeed_folder(path)
+        check_checkpoint(path)
         # gathers the fp32 master weights from every rank's optimizer shard (ZeRO-1/2/3 alike)
         state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag="checkpoint")
         # DeepSpeed records frozen parameters (e.g. a LoRA-frozen base) for ZeRO-2/3 only; under ZeRO-1
         # they exist solely in the replicated module weights, so take any missing ones from there.
         for states_file in sorted((path / "checkpoint").glob("*model_states.pt"))[:1]:
-            module = safe_load(states_file).get("module") or {}
+            module = safe_load(states_file, strict=True).get("module") or {}
             for key, value in module.items():
                 if key not in state and torch.is_tensor(value) and value.numel() > 0:
                     state[key] = value.float()
     else:
-        checkpoint = read_checkpoint(path, safe=True)
+        checkpoint = read_checkpoint(path, strict=False)  # only its tensors are used
         state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
         if not isinstance(state, Mapping):
             raise ValueError(
@@ -67,66 +67,7 @@ def training_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-# Packages whose classes a DeepSpeed checkpoint of pfm-train may name besides tensors and containers. A folder
-# naming anything else (os.system, builtins.exec, a function, an unknown package) is refused before DeepSpeed's
-# own loader unpickles it. Names are resolved to the object (no call) so that aliases such as ``torch.os.system``
-# are judged by what they are, not by their prefix.
-_DEEPSPEED_TRUSTED_MODULES = (
-    "torch",
-    "numpy",
-    "deepspeed",
-    "lightning",
-    "pytorch_lightning",
-    "lightning_fabric",
-    "pfm",
-    "omegaconf",
-    "collections",
-    "argparse",
-    "pathlib",
-    "enum",
-    "functools",
-    "typing",
-)
-
-
-def _trusted_global(name: str) -> bool:
-    import copyreg
-    import importlib
-
-    parts = name.removesuffix("()").split(".")
-    obj = None
-    for i in range(len(parts) - 1, 0, -1):  # longest importable module prefix, then attributes
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        try:
-            for part in parts[i:]:
-                obj = getattr(obj, part)
-        except AttributeError:
-            return False
-        break
-    if obj is copyreg._reconstructor or obj is getattr(copyreg, "__newobj__", None):
-        return True
-    owner = getattr(obj, "__module__", "") or ""
-    return isinstance(obj, type) and owner.split(".")[0] in _DEEPSPEED_TRUSTED_MODULES
-
-
-def _check_deepspeed_folder(path: Path) -> None:
-    from pfm.checkpoints.safe import refused_globals
-
-    for file in sorted(path.rglob("*.pt")):
-        foreign = [g for g in refused_globals(safe_load(file)) if not _trusted_global(g)]
-        if foreign:
-            raise ValueError(
-                f"{file} names {', '.join(foreign[:5])}, which a DeepSpeed checkpoint of pfm-train never does; "
-                "it is not unpickled. Export only checkpoints you or pfm-train wrote."
-            )
-
-
 def _refused_note(obj: object) -> str:
-    from pfm.checkpoints.safe import refused_globals
-
     refused = refused_globals(obj)
     return f" It names globals that were not executed: {', '.join(refused[:5])}." if refused else ""
 
@@ -175,7 +116,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
         raise FileNotFoundError(f"Checkpoint {checkpoint} does not exist; pass a step*.ckpt file or folder.")
     if not is_complete(checkpoint):
         raise ValueError(f"Checkpoint {checkpoint} is truncated or unreadable; export an older one.")
-    meta = read_checkpoint(checkpoint, safe=True)  # a user-supplied file: run none of its pickled code
+    meta = read_checkpoint(checkpoint, strict=False)  # runs no pickled code; only tensors and "pfm" are used
     info = meta.get("pfm") if isinstance(meta, Mapping) else None
     if not info or "model" not in info:
         raise ValueError(

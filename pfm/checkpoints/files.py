@@ -8,9 +8,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from pfm.checkpoints.safe import safe_load
+from pfm.unpickle import safe_load
 
 __all__ = ["checkpoint_step", "find_resume_checkpoint", "is_complete", "list_checkpoints", "read_checkpoint"]
 
@@ -64,12 +62,13 @@ def find_resume_checkpoint(directory: str | Path) -> Path | None:
     return None
 
 
-def read_checkpoint(path: str | Path, safe: bool = False) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, strict: bool = True) -> dict[str, Any]:
     """The checkpoint's top-level dict (for DeepSpeed folders: the client state of rank 0), tensors on CPU.
 
-    ``safe=False`` unpickles everything (Lightning/optimizer objects): only for this run's own checkpoints
-    (resume). ``safe=True`` runs no pickled code (:mod:`pfm.checkpoints.safe`): any other global is an inert
-    placeholder; use it for files given by a user (init_from, export).
+    Runs no pickled code, for any path, the run's own checkpoints included: the file is unpickled under
+    pfm's one allowlist (:mod:`pfm.unpickle`). ``strict=True`` (pfm-train's checkpoints): a global
+    outside it fails naming the file and global; ``strict=False`` (a file that may be someone else's, with
+    their classes in ``hyper_parameters``): such globals stay inert placeholders.
     """
     path = Path(path)
     if path.is_dir():
@@ -82,6 +81,4 @@ def read_checkpoint(path: str | Path, safe: bool = False) -> dict[str, Any]:
                 "nor a distributed checkpoint (meta.pt); pass a checkpoint written by pfm-train."
             )
         path = candidates[0]
-    if safe:
-        return safe_load(path)
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return safe_load(path, strict=strict)

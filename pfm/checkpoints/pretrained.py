@@ -6,7 +6,7 @@ checkpoint (``.ckpt`` file or DeepSpeed folder; the task's ``model.`` weights ar
 (``model.safetensors``), a folder with the official ``tadpole_<size>_{encoder,decoder}.safetensors``, or one
 official ``.pth``/``.ckpt``/``.safetensors`` file, which goes to the model's ``load_official_state_dict``
 when its names are not the model's own. Nothing here builds a model (``pfm.build.build_network`` does) or runs
-pickled code from a file (:mod:`pfm.checkpoints.safe`).
+pickled code from a file (:mod:`pfm.unpickle`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from pfm.checkpoints.download import cache_root, fetch
 from pfm.checkpoints.export import training_state_dict
 from pfm.checkpoints.registry import get_entry, load_registry
-from pfm.checkpoints.safe import safe_load, state_dict_from
+from pfm.unpickle import read_safetensors, safe_load, state_dict_from
 
 __all__ = [
     "NAME_PATTERN",
@@ -138,7 +137,7 @@ def _torch_state(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
 
 def _load_file(model: nn.Module, path: Path) -> None:
     if path.suffix == ".safetensors":
-        state, own = load_file(path), False
+        state, own = read_safetensors(path), False
     elif path.suffix in _TORCH_SUFFIXES:
         state, own = _torch_state(path)
     else:
@@ -167,7 +166,7 @@ def load_weights(model: nn.Module, source: str | Path, revision: str | None = No
         _load_file(model, path)
         return model
     if (path / "model.safetensors").is_file():
-        _load_strict(model, load_file(path / "model.safetensors"), path)
+        _load_strict(model, read_safetensors(path / "model.safetensors"), path)
         return model
     encoders = sorted(path.glob("*_encoder.safetensors"))
     if encoders:
@@ -182,8 +181,8 @@ def load_weights(model: nn.Module, source: str | Path, revision: str | None = No
                 f"{path} holds {encoders[0].name} but the model has no encoder/decoder pair or {decoder.name} "
                 "is missing; download both files of the published checkpoint."
             )
-        _load_strict(model.encoder, load_file(encoders[0]), encoders[0])
-        _load_strict(model.decoder, load_file(decoder), decoder)
+        _load_strict(model.encoder, read_safetensors(encoders[0]), encoders[0])
+        _load_strict(model.decoder, read_safetensors(decoder), decoder)
         return model
     weights = [p for p in path.iterdir() if p.suffix in (*_TORCH_SUFFIXES, ".safetensors")]
     if len(weights) == 1 and not (path / "checkpoint").is_dir():

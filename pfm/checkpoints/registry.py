@@ -4,8 +4,8 @@ Schema (bundled and user files alike)::
 
     models:
       <name>:                      # e.g. tadpole-s; what `pfm download`, `pfm info` and init_from= take
-        family: tadpole            # required
-        model: tadpole_s           # required: the conf/model choice the weights load into
+        family: tadpole            # required: one of FAMILIES (any name when status: unsupported)
+        model: tadpole_s           # required: the conf/model choice the weights load into (of that family)
         files:                     # required: one or more
           - url: hf://<org>/<repo>/<file> | https://...
             sha256: <64 hex> | ""   # "" = unknown: hashed on first download (trust on first use)
@@ -39,6 +39,7 @@ from pfm.paths import BUNDLED_REGISTRY, CONF_DIR
 
 __all__ = [
     "BUNDLED_REGISTRY",
+    "FAMILIES",
     "STATUSES",
     "Entry",
     "FileSpec",
@@ -51,6 +52,8 @@ __all__ = [
 
 # supported: pfm builds the model and loads these weights; unsupported: listed, pfm cannot build it yet
 STATUSES = ("supported", "unsupported")
+# the model families pfm builds; a supported entry's model (a conf/model choice) is named after its family
+FAMILIES = ("conv_vae", "gphyt", "platito", "tadpole", "tito")
 _REQUIRED = ("family", "model", "files")
 _OPTIONAL = (
     "size",
@@ -184,6 +187,32 @@ def _parse_file(source: Path, name: str, index: int, raw: Any) -> FileSpec:
     )
 
 
+def _family_of(model: str) -> str | None:
+    """The family a conf/model choice belongs to (``tadpole_s`` -> ``tadpole``), or None."""
+    found = [f for f in FAMILIES if model == f or model.startswith(f + "_")]
+    return max(found, key=len) if found else None
+
+
+def _check_family(source: Path, name: str, family: str, model: str) -> None:
+    """A supported entry names a family pfm builds and a model of that family (else it fails at download)."""
+    if family not in FAMILIES:
+        raise _fail(
+            source,
+            name,
+            f"family is {family!r}, not a family pfm builds",
+            f"use one of {list(FAMILIES)}"
+            + (f" (model {model!r} is a {_family_of(model)} model)" if _family_of(model) else "")
+            + ", or status: unsupported for a model pfm cannot build yet",
+        )
+    if _family_of(model) != family:
+        raise _fail(
+            source,
+            name,
+            f"model is {model!r}, not a conf/model choice of family {family!r}",
+            f"give the conf/model choice the weights load into ({family} or {family}_<size>, see conf/model)",
+        )
+
+
 def _parse_entry(source: Path, name: Any, raw: Any) -> Entry:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(
@@ -222,11 +251,14 @@ def _parse_entry(source: Path, name: Any, raw: Any) -> Entry:
     text = {
         k: (None if raw.get(k) is None else str(raw[k])) for k in ("size", "license", "paper", "trained_on")
     }
+    parsed_files = tuple(_parse_file(source, name, i, f) for i, f in enumerate(files))
+    if status == "supported":
+        _check_family(source, name, str(raw["family"]), str(raw["model"]))
     return Entry(
         name=name,
         family=str(raw["family"]),
         model=str(raw["model"]),
-        files=tuple(_parse_file(source, name, i, f) for i, f in enumerate(files)),
+        files=parsed_files,
         num_parameters=num_parameters,
         revision=str(raw.get("revision") or "main"),
         spec=dict(spec),
@@ -246,6 +278,12 @@ def _read(source: Path) -> dict[str, Entry]:
         raise ValueError(
             f"{source} must be a mapping with a 'models' key (models: {{<name>: {{family: ..., model: ..., "
             f"files: [...]}}}}); got {type(data).__name__}."
+        )
+    others = sorted(map(str, set(data) - {"models"}))
+    if others:
+        raise ValueError(
+            f"{source} has top-level key(s) {others[:5]} beside 'models'; expected every entry under 'models:'. "
+            "Fix: add a line `models:` at the top and indent the entries under it (see docs/checkpoints.md)."
         )
     return {name: _parse_entry(source, name, raw) for name, raw in (data.get("models") or {}).items()}
 
@@ -299,12 +337,13 @@ def export_entry(export_dir: str | Path, url_prefix: str | None = None) -> dict[
         files.append({"url": url, "sha256": digest, "num_bytes": (export_dir / file_name).stat().st_size})
     with safe_open(str(export_dir / "model.safetensors"), "pt") as f:
         num_parameters = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
-    family = target.rsplit(".", 1)[-1].lower()
+    choice = _model_choice(model_cfg)
+    family = (_family_of(choice) if choice else None) or target.rsplit(".", 1)[-1].lower()
     return {
         "family": family,
         # an export folder carries its own model config; `model` names the conf/model choice for humans and
         # for init_from (the export's config.yaml wins when it is loaded)
-        "model": _model_choice(model_cfg) or family,
+        "model": choice or family,
         "size": model_cfg.get("size"),
         "num_parameters": num_parameters,
         "license": None,

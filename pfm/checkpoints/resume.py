@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pfm.checkpoints.files import find_resume_checkpoint, is_complete, read_checkpoint
+from pfm.unpickle import check_checkpoint
 
 __all__ = ["RESUME_KEYS", "check_compatible", "resolve_resume"]
 
@@ -24,11 +25,18 @@ RESUME_KEYS = (
 
 
 def resolve_resume(resume: str | Path | None, checkpoint_dir: str | Path) -> Path | None:
-    """``None`` -> fresh run; ``"auto"`` -> newest complete checkpoint in ``checkpoint_dir`` (or None); a path."""
+    """``None`` -> fresh run; ``"auto"`` -> newest complete checkpoint in ``checkpoint_dir`` (or None); a path.
+
+    The checkpoint chosen is vetted against pfm's one allowlist (every pickled file of a folder too) before
+    Lightning or DeepSpeed unpickle it: a "run's own" checkpoint is only a path, so none runs pickled code.
+    """
     if resume in (None, "", False):
         return None
     if str(resume) == "auto":
-        return find_resume_checkpoint(checkpoint_dir)
+        found = find_resume_checkpoint(checkpoint_dir)
+        if found is not None:
+            check_checkpoint(found)
+        return found
     path = Path(str(resume))
     if not path.exists():
         raise FileNotFoundError(
@@ -36,6 +44,7 @@ def resolve_resume(resume: str | Path | None, checkpoint_dir: str | Path) -> Pat
         )
     if not is_complete(path):
         raise ValueError(f"resume={resume} is truncated or unreadable; pick an older one or resume=auto.")
+    check_checkpoint(path)
     return path
 
 

@@ -44,6 +44,6 @@ def run_info(cfg: DictConfig, data_spec: Mapping[str, Any], strategy: str) -> di
 
 def read_run_info(path: str | Path) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
     """``(checkpoint, run description or None)`` of a checkpoint, read without running pickled code."""
-    checkpoint = read_checkpoint(path, safe=True)
+    checkpoint = read_checkpoint(path, strict=False)  # may be an official file: its classes stay inert
     info = checkpoint.get("pfm") if isinstance(checkpoint, Mapping) else None
     return checkpoint, info if isinstance(info, Mapping) else None

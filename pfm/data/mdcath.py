@@ -71,7 +71,14 @@ class MdCathDomain:
     def __init__(self, path: str | Path, temperatures: Sequence[int] = MDCATH_TEMPERATURES) -> None:
         self.path = Path(path)
         self._file: Any = None
-        with h5py.File(self.path, "r") as f:
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as err:  # h5py's message names no file
+            raise ValueError(
+                f"{self.path} cannot be opened as HDF5 ({err}): a truncated or interrupted download? Fix: "
+                "download the domain again (mdCATH's files are mdcath_dataset_<domain>.h5), or remove it."
+            ) from err
+        with f:
             names = list(f.keys())
             if len(names) != 1:
                 raise ValueError(f"{self.path}: expected one domain group at the root, found {names}.")

@@ -45,12 +45,38 @@ from datagen import get_pde
 from datagen.shards import decode_sample
 from pfm.data.layout import process_rank
 
-__all__ = ["EpochPlan", "ShardDataModule", "count_shard_samples", "plan_epoch"]
+__all__ = ["EpochPlan", "ShardDataModule", "count_shard_samples", "plan_epoch", "read_format"]
 
 log = logging.getLogger(__name__)
 
 # webdataset skips these members (its tar_file_iterator's skip_meta): they belong to no sample
 _META = re.compile(r"__[^/]*__($|/)")
+
+
+def read_format(folder: str | Path) -> dict[str, Any]:
+    """``folder/format.json`` (written by ``pfm-datagen write``); an empty, truncated or foreign one fails naming it."""
+    path = Path(folder) / "format.json"
+    fix = f"Fix: write the shards again with `pfm-datagen write --out {folder}`."
+    try:
+        fmt = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); a truncated or empty copy? {fix}") from err
+    if not isinstance(fmt, dict) or fmt.get("kind") not in ("crops", "windows", "pairs"):
+        kind = fmt.get("kind") if isinstance(fmt, dict) else None
+        raise ValueError(
+            f"{path} has kind={kind!r}; expected a pfm-datagen format.json with kind crops, windows or pairs. {fix}"
+        )
+    return fmt
+
+
+def _check_tar_size(path: Path) -> None:
+    # a tar file is whole 512-byte blocks; any other size is a truncated copy or download (a stat, no read)
+    size = path.stat().st_size
+    if size == 0 or size % 512:
+        raise ValueError(
+            f"{path} has {size} bytes, not a whole number of 512-byte tar blocks: it is truncated or empty. "
+            "Fix: copy or write it again (`pfm-datagen write`), or remove it from the folder."
+        )
 
 
 def count_shard_samples(path: str | Path) -> int:
@@ -131,10 +157,12 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError(
                 f"{fmt} not found; expected a directory written by `pfm-datagen write --out {path}`."
             )
-        self.format = json.loads(fmt.read_text())
+        self.format = read_format(self.path)
         self.urls = sorted(str(p) for p in self.path.glob("*.tar"))
         if not self.urls:
             raise ValueError(f"No .tar shards in {self.path}; write some with `pfm-datagen write`.")
+        for url in self.urls:
+            _check_tar_size(Path(url))
         self.batch_size = batch_size
         self.resampled = resampled
         self.num_workers = num_workers
@@ -213,7 +241,7 @@ class ShardDataModule(L.LightningDataModule):
             folder = Path(self.val_path) if split == "val" and self.val_path else self.path
             recorded: Mapping[str, int] = {}
             if (folder / "format.json").is_file():
-                recorded = json.loads((folder / "format.json").read_text()).get("num_samples_per_shard") or {}
+                recorded = read_format(folder).get("num_samples_per_shard") or {}
             self._counts[split] = [
                 int(recorded[Path(u).name]) if Path(u).name in recorded else count_shard_samples(u)
                 for u in self._split_urls(split)

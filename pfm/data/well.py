@@ -409,7 +409,7 @@ class WellDataModule(TrainedBatchStream, L.LightningDataModule):
                 "crops (Tadpole autoencoder)."
             )
         stats_path = self.path / "stats.yaml"
-        self.stats = yaml.safe_load(stats_path.read_text()) if stats_path.is_file() else None
+        self.stats = _read_stats(stats_path) if stats_path.is_file() else None
         self.sample = sample
         self.num_frames, self.num_future, self.num_val_future = num_frames, num_future, num_val_future
         self.batch_size, self.num_workers, self.num_val_samples = batch_size, num_workers, num_val_samples
@@ -592,3 +592,17 @@ class WellDataModule(TrainedBatchStream, L.LightningDataModule):
             )
         self._forget_positions()
         self._restore_position((state_dict["epoch"], state_dict["batch"]))
+
+
+def _read_stats(path: Path) -> Mapping[str, Any]:
+    """``stats.yaml`` as a mapping; a truncated, empty or foreign file fails naming it and the fix."""
+    fix = "Fix: write it again with `pfm data stats <dataset>`, or set data.normalization=sample."
+    try:
+        stats = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid YAML ({err}); a truncated copy? {fix}") from err
+    if not isinstance(stats, Mapping):
+        raise ValueError(
+            f"{path} holds {type(stats).__name__}, not a mapping with 'mean' and 'std' per field. {fix}"
+        )
+    return stats

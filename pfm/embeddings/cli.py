@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from datagen.argtypes import at_least
 from pfm.embeddings.providers import PROVIDERS
 from pfm.embeddings.table import EmbeddingTable, sequence_key, write_table
 
@@ -102,6 +103,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="table to write (.safetensors); existing entries are kept")
     p.add_argument("--weights", help="LOCAL folder of the pLM (esm2: transformers folder; esmc: .pth)")
     p.add_argument("--layer", type=int, default=None, help="hidden layer to read (default: final embeddings)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=at_least(1, 8), default=8)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_run)

@@ -3,8 +3,8 @@
 A pfm table is one ``.safetensors`` file: tensor ``<key>`` of shape ``(L, D)`` for every sequence, where
 ``key = sequence_key(sequence)``; its metadata holds ``format``, ``dim``, ``provider`` and ``sequences`` (a
 JSON object key -> sequence), so the table also serves as a library of sequences. The official PLaTITO format,
-a ``.pt`` dict from a name (e.g. an mdCATH domain) to an ``(L, D)`` tensor, is read with
-``torch.load(weights_only=True)``: no pickled code runs.
+a ``.pt`` dict from a name (e.g. an mdCATH domain) to an ``(L, D)`` tensor, is read under pfm's one unpickling
+allowlist (:mod:`pfm.unpickle`): no pickled code runs, and another global fails naming file and global.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pfm.io import atomic_path
+from pfm.unpickle import check_safetensors, safe_load
 
 __all__ = ["EmbeddingTable", "sequence_key", "write_table"]
 
@@ -66,6 +67,7 @@ class EmbeddingTable:
         self.sequences: dict[str, str] = {}
         self._tensors: dict[str, torch.Tensor] | None = None
         if self.path.suffix == ".safetensors":
+            check_safetensors(self.path)  # safetensors' own error for a truncated file names no file
             self._file = safe_open(str(self.path), framework="pt")
             meta = self._file.metadata() or {}
             if meta.get("format") != FORMAT:
@@ -78,13 +80,7 @@ class EmbeddingTable:
             self.dim = int(meta["dim"])
             self.provider = meta.get("provider", "")
         elif self.path.suffix in {".pt", ".pth"}:
-            try:
-                data = torch.load(self.path, map_location="cpu", weights_only=True)
-            except Exception as err:  # an unpickler refusal names the class; keep it in the message
-                raise ValueError(
-                    f"{self.path} cannot be read with torch.load(weights_only=True) ({err}); expected a dict "
-                    "from name to an (L, D) tensor. Convert it to a pfm table with plain tensors."
-                ) from err
+            data = safe_load(self.path, strict=True)  # errors name the file, and a refused global
             if not isinstance(data, Mapping) or not all(torch.is_tensor(v) for v in data.values()):
                 raise ValueError(
                     f"{self.path} holds {type(data).__name__}; expected a dict name -> (L, D) tensor."
