@@ -189,7 +189,7 @@ def test_training_lowers_the_loss() -> None:
     val = next(iter(dm.val_dataloader()))
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     before = float(task.loss(val, g()))
-    trainer = L.Trainer(max_steps=60, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = L.Trainer(max_steps=150, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         limit_val_batches=0, enable_model_summary=False)  # fmt: skip
     trainer.fit(task, datamodule=dm)
     after = float(task.loss(val, g()))
