@@ -20,7 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pfm.models.tito import PLaTITO, TitoFeatures, index_embedding, mask_and_zero_com, time_embedding
+from pfm.models.tito import PLaTITO
+from pfm.models.tito_network import TitoFeatures, index_embedding, mask_and_zero_com, time_embedding
 
 
 def _lin(sd: dict, key: str, x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ from datagen.argtypes import at_least, positive
 from pfm.build import build_network, load_exported
 from pfm.embeddings import EmbeddingTable, residue_ids
 from pfm.io import atomic_path
-from pfm.models.tito import PLaTITO, mask_and_zero_com
+from pfm.models.tito import PLaTITO
+from pfm.models.tito_network import mask_and_zero_com
 from pfm.unpickle import load_state_dict
 
 __all__ = ["OFFICIAL_RESIDUE_IDS", "add_parser", "load_tito", "read_ca_pdb", "write_ca_pdb"]

@@ -11,7 +11,8 @@ import pytest
 import torch
 from conftest import rounding_tolerance
 
-from pfm.models.tito import PLATITO_SIZES, PLaTITO, mask_and_zero_com
+from pfm.models.tito import PLATITO_SIZES, PLaTITO
+from pfm.models.tito_network import mask_and_zero_com
 
 ASSETS = Path(__file__).parent / "assets"
 ROOT = Path(__file__).parents[1]

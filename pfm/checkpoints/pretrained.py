@@ -22,6 +22,7 @@ from torch import nn
 from pfm.checkpoints.download import cache_root, fetch
 from pfm.checkpoints.export import training_state_dict
 from pfm.checkpoints.registry import get_entry, load_registry
+from pfm.models.strict import load_strict
 from pfm.unpickle import read_safetensors, safe_load, state_dict_from
 
 __all__ = [
@@ -39,28 +40,15 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            part
-            for part in (
-                f"missing {missing[:5]}" if missing else "",
-                f"unexpected {unexpected[:5]}" if unexpected else "",
-                "shape mismatch "
-                + ", ".join(f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:5])
-                if wrong
-                else "",
-            )
-            if part
-        )
-        raise ValueError(
+    load_strict(
+        module,
+        state,
+        lambda detail: (
             f"The weights in {source} do not fit {type(module).__name__}: {detail}. Pick the model config "
-            "that matches the checkpoint (e.g. model=tadpole_b for tadpole_b_*.safetensors)."
-        )
-    module.load_state_dict(dict(state))
+            "that matches the checkpoint (a shape mismatch is another size, e.g. model=tadpole_b for "
+            "tadpole_b_*.safetensors)."
+        ),
+    )
 
 
 def entry_folder(name: str, paths: list[Path], revision: str) -> Path:
