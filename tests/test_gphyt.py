@@ -23,7 +23,8 @@ from conftest import rounding_tolerance
 
 from pfm.distributed.parallelize import find_blocks, prepare_model
 from pfm.models import GPhyT
-from pfm.models.gphyt import GPHYT_SIZES, OFFICIAL_FIELDS, FieldTokenizer, derivative_features
+from pfm.models.gphyt import GPHYT_SIZES, OFFICIAL_FIELDS
+from pfm.models.gphyt_tokens import FieldTokenizer, derivative_features
 from pfm.models.layers.vit import TransformerBlock, axial_rope
 
 ANCHORS = json.loads((Path(__file__).parent / "assets" / "gphyt_state_dicts.json").read_text())

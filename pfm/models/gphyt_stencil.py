@@ -1,6 +1,6 @@
 """GPhyT's tokenizer weights over its stencil features, folded into weights over the window's pixels.
 
-The tokenizer (`pfm.models.gphyt.FieldTokenizer`) maps patches of the features [x, d/dt x, d/d(axis) x ...]
+The tokenizer (`pfm.models.gphyt_tokens.FieldTokenizer`) maps patches of the features [x, d/dt x, d/d(axis) x ...]
 (central differences, replicate padding) to tokens. The differences are linear in x, so the same tokens come
 from the window's own patches with folded weights, plus the pixel slabs just outside each patch: a quarter of
 the features' inner size in 2D, and no feature tensor written. Used in fp32/fp64 only (see `GPhyT.derivative`).
