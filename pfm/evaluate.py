@@ -194,7 +194,7 @@ class WellTrajectories(Trajectories):
     ) -> None:
         import yaml
 
-        from pfm.data.well import WellDataset
+        from pfm.data.well_dataset import WellDataset
 
         root = Path(str(cfg["path"])).expanduser()
         folder = root / "data" / split

@@ -20,7 +20,7 @@ from well_files import make_well_dataset, write_well_file
 
 from pfm.cli import main
 from pfm.data import WellDataModule
-from pfm.data.well import WellDataset
+from pfm.data.well_dataset import WellDataset
 from pfm.wellfmt import PROBLEM_KINDS, WARNING_KINDS, WellFile, check_dataset
 from pfm.wellfmt.stats import compute_stats
 

@@ -35,279 +35,32 @@ resume), and it returns its own dict layout. Here each worker opens each file on
 read is one h5py hyperslab per field (``[trajectory, t0:t1:stride, box]``), so only the window (and crop) is
 read, and strides and crop positions come from ``(seed, index, epoch)``.
 
-Public names: ``WellDataModule``, ``WellDataset``, ``WellCropDataset``, ``DEFAULT_RENAME``.
+The split folders' files and ``stats.yaml`` are read by :mod:`pfm.data.well_files`, the windows and crops cut
+by :mod:`pfm.data.well_dataset`; this module holds the DataModule and its training stream.
+
+Public names: ``WellDataModule``.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import h5py
 import lightning as L
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from datagen.seeding import derive_seed, generator
+from datagen.seeding import generator
 from pfm.data.layout import process_rank
 from pfm.data.stream_state import TrainedBatchStream
-from pfm.wellfmt.layout import WellFile, split_files
+from pfm.data.well_dataset import WellCropDataset, WellDataset
+from pfm.data.well_files import read_stats, split_folder_files
+from pfm.wellfmt.layout import WellFile
 
-__all__ = ["DEFAULT_RENAME", "WellCropDataset", "WellDataModule", "WellDataset"]
-
-#: The Well's channel names that GPhyT spells differently.
-DEFAULT_RENAME: dict[str, str] = {"velocity_x": "vel_x", "velocity_y": "vel_y", "velocity_z": "vel_z"}
-
-
-def _split_files(folder: Path) -> list[Path]:
-    """The HDF5 files of a split folder, sorted; a clear error when there are none."""
-    files = split_files(folder) if folder.is_dir() else []
-    if not files:
-        raise FileNotFoundError(
-            f"No *.h5 or *.hdf5 files in {folder}; data.path must be a Well dataset folder holding "
-            "data/train, data/valid and data/test (`pfm data check DIR` lists what is wrong)."
-        )
-    return files
-
-
-class _SplitFiles(Dataset):
-    """One split folder's HDF5 files: layouts, the trajectories used, stats and per-process file handles."""
-
-    def __init__(
-        self,
-        folder: str | Path,
-        *,
-        normalization: Literal["stats", "sample", "none"] = "stats",
-        stats: Mapping[str, Any] | None = None,
-        rename: Mapping[str, str] | None = None,
-        max_trajectories: int | None = None,
-        source: int = 0,
-        seed: int = 0,
-    ) -> None:
-        folder = Path(folder)
-        files = _split_files(folder)
-        if normalization not in ("stats", "sample", "none"):
-            raise ValueError(f"data.normalization={normalization!r}; expected 'stats', 'sample' or 'none'.")
-        self.layouts = [WellFile(p) for p in files]
-        first = self.layouts[0]
-        for lay in self.layouts[1:]:
-            if (lay.grid, lay.channels) != (first.grid, first.channels):
-                raise ValueError(
-                    f"{lay.path} holds grid {lay.grid} and channels {lay.channels}, but {first.path} holds "
-                    f"{first.grid} and {first.channels}; one split folder must hold one dataset."
-                )
-        # (file, trajectory) pairs in file order; max_trajectories keeps the first N (few-shot training)
-        self.trajectories = [
-            (i, t) for i, lay in enumerate(self.layouts) for t in range(lay.num_trajectories)
-        ]
-        if max_trajectories is not None:
-            if not 1 <= max_trajectories <= len(self.trajectories):
-                raise ValueError(
-                    f"data.max_trajectories={max_trajectories}, but {folder} holds {len(self.trajectories)} "
-                    f"trajectories; choose 1 to {len(self.trajectories)}, or null for all."
-                )
-            self.trajectories = self.trajectories[:max_trajectories]
-        self.normalization = normalization
-        rename = {**DEFAULT_RENAME, **(rename or {})}
-        self.channels = [rename.get(c, c) for c in first.channels]
-        self.source = source
-        self.seed = seed
-        self.epoch = 0
-        self.mean = self.std = None
-        if normalization == "stats":
-            self.mean, self.std = self._stats(stats, first)
-        self._files: dict[int, Any] = {}
-        self._pid: int | None = None
-
-    @staticmethod
-    def _stats(stats: Mapping[str, Any] | None, layout: WellFile) -> tuple[torch.Tensor, torch.Tensor]:
-        if stats is None or "mean" not in stats or "std" not in stats:
-            raise ValueError(
-                "data.normalization=stats needs stats.yaml beside data/ with 'mean' and 'std' per field; "
-                "add it, or set data.normalization=sample."
-            )
-        means, stds = [], []
-        for info in layout.fields:
-            field, names = info.name, info.channels
-            if field not in stats["mean"] or field not in stats["std"]:
-                raise ValueError(
-                    f"stats.yaml has no mean/std for field {field!r}; it lists {list(stats['mean'])}."
-                )
-            mean = np.asarray(stats["mean"][field], dtype=np.float32).reshape(-1)
-            std = np.asarray(stats["std"][field], dtype=np.float32).reshape(-1)
-            means += list(np.broadcast_to(mean, (len(names),)))
-            stds += list(np.broadcast_to(std, (len(names),)))
-        # as in The Well, a near-constant field is not blown up by a tiny std
-        return torch.tensor(means), torch.tensor(stds).clamp_min(1e-4)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw different strides (and crops) in the next epoch."""
-        self.epoch = epoch
-
-    def _file(self, i: int):
-        # each worker process opens its own handles (h5py handles do not survive fork) and keeps them open
-        if self._pid != os.getpid():
-            self._files, self._pid = {}, os.getpid()
-        if i not in self._files:
-            self._files[i] = h5py.File(self.layouts[i].path, "r")
-        return self._files[i]
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_files"], state["_pid"] = {}, None
-        return state
-
-    def close(self) -> None:
-        """Close the open files of this process."""
-        for f in self._files.values():
-            f.close()
-        self._files = {}
-
-    @staticmethod
-    def _corner(rng: np.random.Generator, grid: tuple[int, ...], crop: int | None) -> tuple[slice, ...]:
-        """A random cube of side ``crop`` inside ``grid`` (the whole grid when ``crop`` is None)."""
-        if crop is None:
-            return tuple(slice(0, n) for n in grid)
-        starts = [int(rng.integers(0, n - crop + 1)) for n in grid]
-        return tuple(slice(a, a + crop) for a in starts)
-
-
-class WellDataset(_SplitFiles):
-    """Windows of ``length`` frames, ``stride`` steps apart, from one split folder of a Well dataset.
-
-    Item ``i`` is a ``(file, trajectory, start)`` triple; its stride is drawn uniformly from
-    ``[min_stride, max_stride]`` (as far as the trajectory allows) with a seed derived from
-    ``(seed, i, epoch)``, and so is its spatial crop (``crop``: a cube of that side, the same in every frame;
-    None: whole fields).
-    ``sample="fields"`` (GPhyT): dicts with ``input`` ``(length, *grid, channels)`` float32, ``field_mask``
-    ``(channels,)``, ``source``, ``dt`` and ``stride`` (scalars). ``sample="windows"`` (Tadpole dynamics):
-    ``input`` ``(length, channels, *grid)``, ``channel_mask`` ``(channels,)``, ``pde``, ``dt``, ``stride``.
-    """
-
-    def __init__(
-        self,
-        folder: str | Path,
-        *,
-        length: int,
-        min_stride: int = 1,
-        max_stride: int = 1,
-        num_context: int = 1,
-        sample: Literal["fields", "windows"] = "fields",
-        crop: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(folder, **kwargs)
-        self.length, self.min_stride, self.max_stride = length, min_stride, max_stride
-        self.num_context = num_context
-        self.sample, self.crop = sample, crop
-        self.index: list[tuple[int, int, int]] = []
-        for i, traj in self.trajectories:
-            lay = self.layouts[i]
-            last_start = lay.num_steps - 1 - (length - 1) * min_stride
-            if last_start < 0:
-                raise ValueError(
-                    f"{lay.path} has {lay.num_steps} steps per trajectory; a window of {length} frames at "
-                    f"stride {min_stride} needs {(length - 1) * min_stride + 1}. Lower data.num_frames, "
-                    "data.num_future/num_val_future or data.min_stride."
-                )
-            self.index += [(i, traj, s) for s in range(last_start + 1)]
-
-    def __len__(self) -> int:
-        """Number of (file, trajectory, start) windows."""
-        return len(self.index)
-
-    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        """One window (see the class docstring); ``item`` may be ``(index, epoch)`` to name the stride's epoch.
-
-        The training stream passes the epoch with the index, so that workers kept alive across epochs (which
-        hold their own copy of this dataset) draw the strides of the right epoch.
-        """
-        item, epoch = item if isinstance(item, tuple) else (item, self.epoch)
-        i, traj, start = self.index[item]
-        lay = self.layouts[i]
-        room = (lay.num_steps - 1 - start) // max(self.length - 1, 1)
-        high = max(self.min_stride, min(self.max_stride, room))
-        g = np.random.default_rng(derive_seed(self.seed, item, epoch, "well-stride"))
-        stride = int(g.integers(self.min_stride, high + 1))
-        steps = slice(start, start + (self.length - 1) * stride + 1, stride)
-        region = self._corner(g, lay.grid, self.crop)  # drawn after the stride: uncropped windows unchanged
-        x = torch.from_numpy(lay.read(self._file(i), traj, steps, region))  # one hyperslab read per field
-        if self.normalization == "stats":
-            x = (x - self.mean) / self.std
-        elif self.normalization == "sample":
-            context = x[: self.num_context].reshape(-1, x.shape[-1])
-            x = (x - context.mean(0)) / context.std(0).clamp_min(1e-6)
-        mask = torch.ones(x.shape[-1], dtype=torch.bool)
-        dt = torch.tensor(lay.time_step * stride, dtype=torch.float32)
-        if self.sample == "windows":
-            x = x.movedim(-1, 1).contiguous()  # (length, channels, *grid)
-            return {
-                "input": x,
-                "channel_mask": mask,
-                "pde": torch.tensor(self.source),
-                "dt": dt,
-                "stride": torch.tensor(stride),
-            }
-        return {
-            "input": x,
-            "field_mask": mask,
-            "source": torch.tensor(self.source),
-            "dt": dt,
-            "stride": torch.tensor(stride),
-        }
-
-
-class WellCropDataset(_SplitFiles):
-    """Single-channel random crops of every field component (Tadpole's autoencoder), one frame each.
-
-    Item ``i`` is a ``(file, trajectory, step, channel)``; the crop, a cube of side ``crop`` inside the grid,
-    is drawn with a seed derived from ``(seed, i, epoch)`` and read as one hyperslab. Items are dicts with
-    ``input`` ``(1, crop, crop, crop)`` float32 and ``pde`` (the channel's index: validation errors are
-    reported per field component).
-    """
-
-    def __init__(self, folder: str | Path, *, crop: int, **kwargs: Any) -> None:
-        super().__init__(folder, **kwargs)
-        lay = self.layouts[0]
-        if crop < 1 or crop > min(lay.grid):
-            raise ValueError(
-                f"data.crop={crop} does not fit the grid {lay.grid} of {lay.path}; choose a crop side from 1 "
-                f"to {min(lay.grid)} (Tadpole needs a multiple of 16)."
-            )
-        self.crop = crop
-        # (field entry, component) per channel: a vector field's components are separate channels
-        self.components = [(k, c) for k, info in enumerate(lay.fields) for c in range(len(info.channels))]
-        self.index = [
-            (i, traj, step, channel)
-            for i, traj in self.trajectories
-            for step in range(self.layouts[i].num_steps)
-            for channel in range(len(self.components))
-        ]
-
-    def __len__(self) -> int:
-        """Number of (file, trajectory, step, channel) frames."""
-        return len(self.index)
-
-    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        """One crop; ``item`` may be ``(index, epoch)`` to name the epoch its position is drawn for."""
-        item, epoch = item if isinstance(item, tuple) else (item, self.epoch)
-        i, traj, step, channel = self.index[item]
-        lay = self.layouts[i]
-        entry, component = self.components[channel]
-        g = np.random.default_rng(derive_seed(self.seed, item, epoch, "well-crop"))
-        region = self._corner(g, lay.grid, self.crop)
-        data = lay.read(self._file(i), traj, slice(step, step + 1), region, (entry, component))
-        x = torch.from_numpy(data).reshape(1, *data.shape[1:-1])  # (1, crop, crop, crop)
-        if self.normalization == "stats":
-            x = (x - self.mean[channel]) / self.std[channel]
-        elif self.normalization == "sample":
-            x = (x - x.mean()) / x.std().clamp_min(1e-6)
-        return {"input": x, "pde": torch.tensor(channel)}
+__all__ = ["WellDataModule"]
 
 
 class _EpochBatches(Sampler):
@@ -409,7 +162,7 @@ class WellDataModule(TrainedBatchStream, L.LightningDataModule):
                 "crops (Tadpole autoencoder)."
             )
         stats_path = self.path / "stats.yaml"
-        self.stats = _read_stats(stats_path) if stats_path.is_file() else None
+        self.stats = read_stats(stats_path) if stats_path.is_file() else None
         self.sample = sample
         self.num_frames, self.num_future, self.num_val_future = num_frames, num_future, num_val_future
         self.batch_size, self.num_workers, self.num_val_samples = batch_size, num_workers, num_val_samples
@@ -421,7 +174,7 @@ class WellDataModule(TrainedBatchStream, L.LightningDataModule):
             "seed": seed,
         }
         if sample == "crops":
-            grid = WellFile(_split_files(train)[0]).grid
+            grid = WellFile(split_folder_files(train)[0]).grid
             self.crop = crop if crop is not None else min(grid)
             self._val_args: dict[str, Any] = {**files, "crop": self.crop}
             self.train_set: WellDataset | WellCropDataset = WellCropDataset(
@@ -592,17 +345,3 @@ class WellDataModule(TrainedBatchStream, L.LightningDataModule):
             )
         self._forget_positions()
         self._restore_position((state_dict["epoch"], state_dict["batch"]))
-
-
-def _read_stats(path: Path) -> Mapping[str, Any]:
-    """``stats.yaml`` as a mapping; a truncated, empty or foreign file fails naming it and the fix."""
-    fix = "Fix: write it again with `pfm data stats <dataset>`, or set data.normalization=sample."
-    try:
-        stats = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid YAML ({err}); a truncated copy? {fix}") from err
-    if not isinstance(stats, Mapping):
-        raise ValueError(
-            f"{path} holds {type(stats).__name__}, not a mapping with 'mean' and 'std' per field. {fix}"
-        )
-    return stats
