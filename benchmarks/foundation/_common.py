@@ -432,8 +432,15 @@ def plot_error_vs_n(
     windows: Sequence[str] | None = None,
     title: str = "",
     metric: str = "VRMSE",
+    xlabel: str = "training trajectories N",
+    panel_title: str = "steps {window}",
+    styles: dict[str, tuple[str | None, str, str | None]] | None = None,
 ) -> Path:
-    """Error against N: one panel per window, a line per arm (mean over seeds, min-max band), baselines dashed."""
+    """Error against N: one panel per window, a line per arm (mean over seeds, min-max band), baselines dashed.
+
+    ``panel_title`` is formatted with ``window`` (recipes whose "windows" are other metrics name them so);
+    ``styles`` adds or replaces (color, line, marker) per arm.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -447,7 +454,7 @@ def plot_error_vs_n(
         "scratch": ("C3", "-", "s"),
         "persistence": ("0.4", "--", None),
         "mean": ("0.7", ":", None),
-    }
+    } | dict(styles or {})
     for ax, window in zip(axes[0], windows, strict=True):
         for arm in dict.fromkeys(r["arm"] for r in table):
             rows = sorted(
@@ -469,9 +476,9 @@ def plot_error_vs_n(
                     linewidth=0,
                 )
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("training trajectories N")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{metric} (mean over test trajectories)")
-        ax.set_title(f"steps {window}")
+        ax.set_title(panel_title.format(window=window))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     if title:
