@@ -185,7 +185,7 @@ def main() -> None:
                 plain = solver_throughput(name, **common)
                 ours = plain["gp_updates_per_s"]
                 extra = ""
-                if graphs:  # the same steps replayed from a CUDA graph (datagen/graphs.py)
+                if graphs:  # the same steps replayed from a CUDA graph (datagen/cuda_graphs.py)
                     graphed = solver_throughput(name, cuda_graph=True, **common)
                     diff = (graphed["final"] - plain["final"]).abs().max().item()
                     extra = f"  | {graphed['gp_updates_per_s'] / 1e6:9.2f}"

@@ -302,8 +302,8 @@ def _pfm_loop(
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    from pfm.callbacks import ThroughputMonitor
-    from pfm.distributed import GlobalLoss, build_strategy
+    from pfm.callbacks import GlobalLoss, ThroughputMonitor
+    from pfm.distributed import build_strategy
 
     clock = _StepClock()
 

@@ -84,7 +84,7 @@ def main() -> None:
     diff = float((y_ref - y_pfm).abs().max())
     print(f"  speed-up {w_ref / w_pfm:.2f}x; max |x_ref - x_pfm| after {args.steps} steps: {diff:.2e} nm")
 
-    from pfm.data.molecules import ChainDataModule
+    from pfm.data.chains import ChainDataModule
 
     dm = ChainDataModule(
         min_residues=8, max_residues=12, num_chains=16, substeps=10, batch_size=16, embeddings="identity"

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import torch
 
-from datagen.graphs import CudaGraphStepper
+from datagen.cuda_graphs import CudaGraphStepper
 from datagen.ic import gaussian_random_field
 from datagen.pdes import get_pde
 from datagen.pool import FamilySpec, ShardPool
@@ -40,7 +40,7 @@ def solver_throughput(
 ) -> dict[str, float]:
     """Best-of-``repeats`` wall time of ``num_steps`` steps of ``batch`` fields; grid-point updates/s.
 
-    With ``cuda_graph`` the steps replay a captured CUDA graph (:class:`datagen.graphs.CudaGraphStepper`).
+    With ``cuda_graph`` the steps replay a captured CUDA graph (:class:`datagen.cuda_graphs.CudaGraphStepper`).
     With ``fuse`` each ETDRK stage is one compiled kernel (:mod:`datagen.fused`; the warm-up call compiles).
     ``final`` is the state after the last timed call, for comparing the paths.
     """

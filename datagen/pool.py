@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from datagen.augment import draw_transform, periodic_crop, transform
-from datagen.graphs import CudaGraphStepper
+from datagen.cuda_graphs import CudaGraphStepper
 from datagen.ic import make_initial_condition
 from datagen.pdes import check_limits, get_pde
 from datagen.seeding import generator
@@ -237,7 +237,7 @@ class ShardPool:
     Each family's dt and coefficient ranges are checked against its stability/resolution limits when the
     pool is built (``check=False`` skips that, e.g. to test the rejection of blown-up trajectories). With
     ``graphs`` (default) :meth:`advance` replays one captured CUDA graph per family on a CUDA device
-    (:class:`datagen.graphs.CudaGraphStepper`: the same kernels, so bitwise the same frames, without the
+    (:class:`datagen.cuda_graphs.CudaGraphStepper`: the same kernels, so bitwise the same frames, without the
     launch overhead); ``graphs=False`` calls the solver directly. On other devices both are the same call.
     """
 

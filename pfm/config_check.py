@@ -39,6 +39,13 @@ __all__ = ["RANGES", "check_config", "config_problems", "merge_trainer_devices"]
 
 _HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 _UNKNOWN = None  # a type the checker cannot judge from a YAML value: accepted
+# Modules renamed since configs were written with them: an old ``_target_`` fails naming the new module.
+MOVED_MODULES = {
+    "pfm.data.molecules": "pfm.data.chains",
+    "pfm.distributed.build": "pfm.distributed.catalog",
+    "pfm.distributed.loss": "pfm.callbacks.global_loss",
+    "datagen.graphs": "datagen.cuda_graphs",
+}
 
 
 @dataclass(frozen=True)
@@ -180,9 +187,15 @@ def _node_problems(node: DictConfig, path: str) -> Iterator[str]:
     try:
         target = get_method(node._target_)
     except Exception as err:
+        module = str(node._target_).rsplit(".", 1)[0]
+        fix = (
+            f"{module} is now {MOVED_MODULES[module]}: write {MOVED_MODULES[module]}.{str(node._target_).rsplit('.', 1)[1]}"
+            if module in MOVED_MODULES
+            else "check the spelling in the config file"
+        )
         yield (
             f"{_name(path, '_target_')}={node._target_!r} cannot be imported ({type(err).__name__}: {err}); "
-            "expected a dotted path to a class or function. Fix: check the spelling in the config file."
+            f"expected a dotted path to a class or function. Fix: {fix}."
         )
         return
     params, hints, open_ended = _signature(target)

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from pfm.config_check import check_config
-from pfm.distributed.build import STRATEGIES
+from pfm.distributed.catalog import STRATEGIES
 from pfm.distributed.trainer_switches import merge_trainer_switches
 from pfm.io import atomic_path
 from pfm.paths import CONF_DIR, LAUNCH_DIR

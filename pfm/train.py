@@ -18,11 +18,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from pfm.build import CONF_DIR, build_task
-from pfm.callbacks import ExamplePlot, FitSummary, LossCurvePlot, StepProgressBar, ThroughputMonitor
+from pfm.callbacks import (
+    ExamplePlot,
+    FitSummary,
+    GlobalLoss,
+    LossCurvePlot,
+    StepProgressBar,
+    ThroughputMonitor,
+)
 from pfm.callbacks.preemption import Preemption
 from pfm.checkpoints import PeriodicCheckpoint, check_compatible, resolve_resume, run_info
 from pfm.config_check import check_config
-from pfm.distributed import GlobalLoss, build_strategy
+from pfm.distributed import build_strategy
 from pfm.distributed.cluster import cluster_environment
 from pfm.distributed.trainer_switches import merge_trainer_switches
 from pfm.extras import extra_problem

@@ -171,7 +171,7 @@ def test_data_configs_compose_and_yield_a_batch(config: str) -> None:
 
 @pytest.mark.parametrize("module", ["crops", "chains"])
 def test_a_shard_count_that_does_not_split_the_batch_is_named(module: str) -> None:
-    from pfm.data.molecules import ChainDataModule
+    from pfm.data.chains import ChainDataModule
 
     if module == "crops":
         dm = OnlineCropDataModule([DIFFUSION], n=16, crop=8, batch_size=3, num_data_shards=2)

@@ -18,7 +18,7 @@ import torch
 from conftest import rounding_tolerance
 
 from datagen import FamilySpec, ShardPool
-from datagen.graphs import CudaGraphStepper, _same
+from datagen.cuda_graphs import CudaGraphStepper, _same
 from datagen.pdes import get_pde, known_pdes
 from datagen.pdes.kolmogorov_flow_velocity import KolmogorovFlowVelocity
 from datagen.pdes.korteweg_de_vries import KortewegDeVries

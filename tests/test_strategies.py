@@ -109,7 +109,7 @@ def test_checkpointing_and_compile_keep_outputs_gradients_and_names(compile: boo
 
 def test_zero3_buffers_are_bounded_and_stage3_options_reach_the_config() -> None:
     pytest.importorskip("deepspeed")
-    from pfm.distributed.build import ZERO3_BUFFERS, ZERO3_CONFIG
+    from pfm.distributed.catalog import ZERO3_BUFFERS, ZERO3_CONFIG
 
     options = {"reduce_bucket_size": 1000, "stage3_param_persistence_threshold": 7}
     setup = build_strategy("deepspeed_zero3", accelerator="cpu", options=options)

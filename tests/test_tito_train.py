@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from datagen.md import ForceField, langevin_step
-from pfm.data.molecules import ChainDataModule
+from pfm.data.chains import ChainDataModule
 from pfm.embeddings import sequence_key, write_table
 from pfm.evaluation import evaluate_chains, free_energy_mae, reference_run
 from pfm.tasks.flow_matching import FlowMatchingTask, centred_noise, masked_mse

@@ -155,7 +155,7 @@ def _one_letter(resname: str, path: Path) -> str:
 
 
 class MdCathDataModule(TrainedBatchStream, L.LightningDataModule):
-    """Lagged C-alpha pairs from mdCATH, with the batch format of :class:`pfm.data.molecules.ChainDataModule`.
+    """Lagged C-alpha pairs from mdCATH, with the batch format of :class:`pfm.data.chains.ChainDataModule`.
 
     ``domains``: names to use (default: every file), ``val_domains``: held out for validation (default: none;
     validation then draws other pairs of the training domains). ``lags`` (ns) or ``lag_range`` [low, high] ns

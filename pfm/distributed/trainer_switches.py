@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, open_dict
 
-from pfm.distributed.build import STRATEGIES
+from pfm.distributed.catalog import STRATEGIES
 
 __all__ = ["TRAINER_SWITCHES", "merge_trainer_switches"]
 

@@ -1,4 +1,4 @@
-"""datagen.graphs: the CUDA-graph wrapper is a pass-through off CUDA and recaptures when its inputs change.
+"""datagen.cuda_graphs: the CUDA-graph wrapper is a pass-through off CUDA and recaptures when its inputs change.
 
 The replay itself needs a GPU; ``benchmarks/datagen.py --device cuda`` prints its speed and its difference
 from the plain call (0 expected: the same kernels run).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from datagen import make_stepper
-from datagen.graphs import CudaGraphStepper, _same
+from datagen.cuda_graphs import CudaGraphStepper, _same
 
 
 def test_cpu_calls_the_stepper_unchanged() -> None:
