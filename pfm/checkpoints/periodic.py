@@ -1,7 +1,8 @@
 """``PeriodicCheckpoint``: every N steps and every T minutes, the last k kept, each write atomic.
 
 A checkpoint holds what an exact resume needs: model, optimizer, scheduler and loop state (Lightning), the
-data-stream state of *every* rank (Lightning saves rank 0's only, so this callback gathers them), the RNG
+data-stream state of *every* rank (Lightning saves rank 0's only, so this callback gathers them and the
+datamodule merges them), the RNG
 states of every rank, and a description of the run (``pfm`` key) that resume checks for mismatches.
 """
 
@@ -163,18 +164,17 @@ class PeriodicCheckpoint(L.Callback):
         """Add every rank's RNG and data-stream state, and the run description.
 
         The data-stream state is the datamodule's own ``state_dict()``, which must describe the stream just
-        after the last trained batch (``OnlineCropDataModule`` does, batches fetched ahead not counted).
+        after the last trained batch (see :mod:`pfm.data.stream_state`). Every rank's is gathered and the
+        datamodule's ``merge_process_states`` makes the checkpoint's one state of them (this callback does
+        not know its layout); a datamodule without it keeps Lightning's (rank 0's).
         """
         world = trainer.world_size
         rng = _gather(_rng_state(), world)
         checkpoint["pfm_rng_states"] = rng
         datamodule = trainer.datamodule
-        key = type(datamodule).__qualname__ if datamodule is not None else None
-        if datamodule is not None and hasattr(datamodule, "state_dict"):
-            states = _gather(datamodule.state_dict(), world)
-            if all(isinstance(s, dict) and isinstance(s.get("pools"), dict) for s in states):
-                merged = {"pools": {k: v for s in states for k, v in s["pools"].items()}}
-                checkpoint[key] = {**states[0], **merged}
+        merge = getattr(datamodule, "merge_process_states", None)
+        if datamodule is not None and callable(merge):
+            checkpoint[type(datamodule).__qualname__] = merge(_gather(datamodule.state_dict(), world))
         metrics = {
             k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1
         }

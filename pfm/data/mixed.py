@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from datagen.seeding import generator
 from pfm.data.fields import remap_fields
-from pfm.data.stream_state import PoolStream, TrainedBatchStream
+from pfm.data.stream_state import PoolStream, TrainedBatchStream, merge_pool_states
 
 __all__ = ["MixedFieldDataModule"]
 
@@ -145,8 +145,8 @@ class MixedFieldDataModule(TrainedBatchStream, L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """The draw's step and every source's state just after the last trained batch.
 
-        Pool states of online sources sit under ``pools`` keyed ``<source>/<shard>``, so that the periodic
-        checkpoint callback merges every process's shards into one checkpoint as it does for online modules.
+        Pool states of online sources sit under ``pools`` keyed ``<source>/<shard>``, so that every process's
+        shards merge into one checkpoint state (:meth:`merge_process_states`) as they do for online modules.
         """
         state: dict[str, Any] = {"step": self.trained_position(), "sources": {}, "pools": {}}
         for name, module in self.sources.items():
@@ -155,6 +155,10 @@ class MixedFieldDataModule(TrainedBatchStream, L.LightningDataModule):
                 state["pools"][f"{name}/{shard}"] = pool_state
             state["sources"][name] = source_state
         return state
+
+    def merge_process_states(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        """Rank 0's state with every process's pools (see :func:`~pfm.data.stream_state.merge_pool_states`)."""
+        return merge_pool_states(states)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the draw's step and every source's stream."""

@@ -15,10 +15,11 @@ and the fix. A ``resampled`` stream is endless in every process, so each takes a
 do; the run must then be bounded by ``trainer.max_steps``.
 
 Resume: without ``resampled`` every epoch reads the shards in the same order, so the stream's position is
-(epoch, batches trained in it), the same on every process; ``state_dict()`` holds it as of the last *trained*
-batch (counted when the Trainer takes a batch for a step, so batches read ahead by the fetcher or by workers
-do not count). A resumed run reads and drops the batches of the current epoch it already trained, then goes
-on: the same batches in the same order as an uninterrupted run, at the cost of re-reading at most one epoch.
+(epoch, batches read in it), the same on every process; ``state_dict()`` holds it as of the last *trained*
+batch, kept by :class:`~pfm.data.stream_state.TrainedBatchStream` as for every other data module (a batch
+counts when the Trainer takes it for a step, so batches read ahead by the fetcher or by workers do not). A
+resumed run reads and drops the batches of the current epoch it already trained, then goes on: the same
+batches in the same order as an uninterrupted run, at the cost of re-reading at most one epoch.
 A ``resampled`` stream draws shards with webdataset's unseeded sampler and is not resumed exactly (a warning
 says so).
 """
@@ -44,6 +45,7 @@ from webdataset.tariterators import base_plus_ext
 from datagen import get_pde
 from datagen.shards import decode_sample
 from pfm.data.layout import process_rank
+from pfm.data.stream_state import TrainedBatchStream
 
 __all__ = ["EpochPlan", "ShardDataModule", "count_shard_samples", "plan_epoch", "read_format"]
 
@@ -132,7 +134,7 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return out
 
 
-class ShardDataModule(L.LightningDataModule):
+class ShardDataModule(TrainedBatchStream, L.LightningDataModule):
     """Batches from the tar shards in ``path`` (a directory with ``format.json``).
 
     Shards are split over processes (ranks) and dataloader workers, and every process takes the same number
@@ -168,10 +170,10 @@ class ShardDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.standardize = standardize and self.format["kind"] == "crops"
         self.val_path = val_path
-        self._epoch = 0  # epochs begun by the training loader, counting from 0
-        self._trained = 0  # batches of the current epoch taken by the Trainer for a step
-        self._num_iterations = 0
-        self._resume_at: tuple[int, int] | None = None
+        self._epoch, self._batch = 0, 0  # the training stream's position: epoch, batches read in it
+        self._num_iterations = 0  # epochs begun by the training loader
+        self._resume_at: tuple[int, int] | None = None  # where the next epoch begins (a restored position)
+        self._batches: Iterator[dict[str, torch.Tensor]] | None = None  # the current epoch's batches
         self._counts: dict[str, list[int]] = {}  # per-shard sample counts by split, read once
         self._logged: set[str] = set()
 
@@ -329,15 +331,25 @@ class ShardDataModule(L.LightningDataModule):
         loader = DataLoader(self.dataset(mine), batch_size=None, num_workers=self.num_workers)
         return _ResumableLoader(self, loader, num_batches=plan.num_batches)
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """A training batch counts as trained when the Trainer takes it for a step (validation ones do not)."""
-        if self.trainer is not None and self.trainer.training:
-            self._trained += 1
+    # --- the stream's position (kept by TrainedBatchStream) -------------------------------------------------
+    def _capture_position(self) -> tuple[int, int]:
+        return self._epoch, self._batch
+
+    def _restore_position(self, position: tuple[int, int]) -> None:
+        # the training loader's next epoch begins there
+        self._resume_at = (int(position[0]), int(position[1]))
+
+    def _produce(self) -> dict[str, torch.Tensor]:
+        """The next batch of the current epoch (``StopIteration`` when it has no more)."""
+        assert self._batches is not None, "batches are read by iterating train_dataloader()"
+        batch = next(self._batches)
+        self._batch += 1
         return batch
 
     def state_dict(self) -> dict[str, int]:
         """The position after the last trained batch: ``{"epoch", "batch"}``, the same in every process."""
-        return {"epoch": self._epoch, "batch": self._trained}
+        epoch, batch = self.trained_position()
+        return {"epoch": epoch, "batch": batch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the training stream just after the last trained batch of a checkpoint."""
@@ -354,7 +366,8 @@ class ShardDataModule(L.LightningDataModule):
                 "data.resampled=true draws shards at random without a seed; the resumed run reads other "
                 "batches than an uninterrupted one would (exact resume needs data.resampled=false)."
             )
-        self._resume_at = (int(state_dict["epoch"]), int(state_dict["batch"]))
+        self._forget_positions()
+        self._restore_position((state_dict["epoch"], state_dict["batch"]))
 
     def val_dataloader(self) -> _EpochLoader:
         """Batches of this process's share of ``val_path``'s shards (or of the training shards without one).
@@ -402,7 +415,8 @@ class _ResumableLoader:
         elif module._num_iterations > 0:
             module._epoch += 1
         module._num_iterations += 1
-        module._trained = skip
+        module._forget_positions()  # a new epoch: every batch of the last one was trained
+        module._batch = skip
         if self.num_batches is not None and skip >= self.num_batches:
             # saved at the end of its epoch: Lightning still iterates once to finish that epoch (an empty
             # rest, in every process alike), then starts the next with a new iteration
@@ -413,11 +427,18 @@ class _ResumableLoader:
                 log.info(
                     "Resume: epoch %d ended after %d batches; starting the next one.", module._epoch, index
                 )
-                module._epoch, module._trained = module._epoch + 1, 0
+                module._epoch, module._batch = module._epoch + 1, 0
                 batches = iter(self.loader)
                 break
-        if self.num_batches is None:
-            yield from batches
-        else:
+        module._batches = batches
+        try:
             # every process stops after the same count, so none waits in a collective the others never join
-            yield from itertools.islice(batches, self.num_batches - module._trained)
+            while self.num_batches is None or module._batch < self.num_batches:
+                try:
+                    batch = module.make_batch()
+                except StopIteration:
+                    return
+                yield batch
+        finally:
+            if module._batches is batches:
+                module._batches = None

@@ -12,12 +12,17 @@ A DataModule mixes it in and says what a position is:
 - ``_capture_position()``: the stream's position now, before the next batch is made (cheap: a step count,
   or device copies of pool states);
 - ``_restore_position(position)``: put the stream back there;
-- ``_produce()``: make the next batch, advancing the stream.
+- ``_produce()``: make the next batch, advancing the stream (``StopIteration`` at the end of an epoch).
+
+Every process keeps its own position; the periodic checkpoint gathers every process's ``state_dict()`` and
+hands the list (in rank order) to :meth:`TrainedBatchStream.merge_process_states`, which makes the one state
+the checkpoint keeps: rank 0's by default (a position every process shares), every process's pools for
+:class:`PoolStream` (:func:`merge_pool_states`).
 
 :class:`PoolStream` does this for modules whose stream lives in ``self.pools`` (``datagen`` pools with
 ``shard``, ``snapshot()`` and ``load_state_dict()``), with checkpoint state ``{"pools": {shard: state}}``.
 
-Public names: ``TrainedBatchStream``, ``PoolStream``, ``StreamDataset``, ``to_cpu``.
+Public names: ``TrainedBatchStream``, ``PoolStream``, ``StreamDataset``, ``merge_pool_states``, ``to_cpu``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from pfm.data.layout import ShardLayout, shard_layout
 
-__all__ = ["PoolStream", "StreamDataset", "TrainedBatchStream", "to_cpu"]
+__all__ = ["PoolStream", "StreamDataset", "TrainedBatchStream", "merge_pool_states", "to_cpu"]
 
 
 class StreamDataset(IterableDataset):
@@ -110,9 +115,17 @@ class TrainedBatchStream:
 
     # --- making batches -----------------------------------------------------------------------------------
     def make_batch(self) -> Any:
-        """The next batch; it counts as trained only once :meth:`mark_trained` is called for it."""
+        """The next batch; it counts as trained only once :meth:`mark_trained` is called for it.
+
+        When ``_produce`` raises (``StopIteration`` at the end of an epoch), no batch counts as made.
+        """
         self._record()
-        return self._produce()
+        try:
+            return self._produce()
+        except BaseException:
+            self._num_made -= 1
+            del self._positions[self._num_made]
+            raise
 
     def next_batch(self) -> Any:
         """The batch after the last trained one, counted as trained at once (for use without a Trainer)."""
@@ -133,6 +146,14 @@ class TrainedBatchStream:
     def train_dataloader(self) -> DataLoader:
         """An endless loader of :meth:`stream`; batches are produced in this process (on the training device)."""
         return DataLoader(StreamDataset(self), batch_size=None, num_workers=0)
+
+    # --- the checkpoint's state ---------------------------------------------------------------------------
+    def merge_process_states(self, states: list[Any]) -> Any:
+        """The checkpoint's data state from every process's ``state_dict()`` (rank order): rank 0's.
+
+        A module whose processes hold different parts of the state (their own pools) merges them instead.
+        """
+        return states[0]
 
 
 class PoolStream(TrainedBatchStream):
@@ -199,6 +220,10 @@ class PoolStream(TrainedBatchStream):
             event.synchronize()
         return {"pools": {pool.shard: to_cpu(s) for pool, s in zip(self.pools, snapshots, strict=True)}}
 
+    def merge_process_states(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        """Every process's pools in one state (see :func:`merge_pool_states`)."""
+        return merge_pool_states(states)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore pool states (deferred until ``setup`` has built the pools)."""
         if self.pools:
@@ -223,6 +248,11 @@ class PoolStream(TrainedBatchStream):
         with self._generation_context():
             for pool in self.pools:
                 pool.load_state_dict(saved[pool.shard])
+
+
+def merge_pool_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rank 0's state with the ``pools`` of every process (each holds its own shards) merged into one dict."""
+    return {**states[0], "pools": {shard: pool for state in states for shard, pool in state["pools"].items()}}
 
 
 def to_cpu(state: Any) -> Any:
