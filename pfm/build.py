@@ -1,9 +1,9 @@
 """Build networks and runs from configs: the one place where a network is made.
 
 :func:`build_network` builds a network from (model config, data spec, head config) and optionally loads
-weights; training (:func:`build_task`), :func:`load_exported`, :func:`load_pretrained`, ``pfm sample`` and
-``pfm evaluate`` all build through it. ``pfm.checkpoints`` below reads and writes the files (weights, the run
-description); it builds nothing.
+weights; training (:func:`build_task`), :func:`load_exported`, :func:`load_pretrained`, :func:`load_tito`
+(``pfm sample``, and ``pfm evaluate`` on official PLaTITO files) all build through it. ``pfm.checkpoints``
+below reads and writes the files (weights, the run description); it builds nothing.
 
 This module sits below the entry points (``pfm.train``, ``pfm.cli``, ...) and above the packages it combines
 (docs/architecture.md, the import contracts in pyproject.toml). Shapes that come from the data (channels, crop
@@ -24,7 +24,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from pfm.checkpoints.export import verify_export
+from pfm.checkpoints.export import strip_prefix, verify_export
 from pfm.checkpoints.pretrained import (
     NAME_PATTERN,
     foreign_state,
@@ -35,8 +35,10 @@ from pfm.checkpoints.pretrained import (
 from pfm.checkpoints.registry import get_entry
 from pfm.checkpoints.run_info import read_run_info
 from pfm.config_check import check_config
+from pfm.models import PLaTITO
 from pfm.paths import CONF_DIR  # re-exported: tests and older code import it from here
 from pfm.tasks.finetune import describe_groups, freeze_parameters
+from pfm.unpickle import load_state_dict
 
 __all__ = [
     "CONF_DIR",
@@ -47,6 +49,7 @@ __all__ = [
     "head_model_spec",
     "load_exported",
     "load_pretrained",
+    "load_tito",
     "model_config",
 ]
 
@@ -274,3 +277,31 @@ def load_pretrained(source: str | Path, revision: str | None = None) -> nn.Modul
     if _is_export(local):
         return load_exported(local, verify=False)  # the registry's sha256 were checked by the download
     return build_network(model_config(entry.model), dict(entry.spec), weights=local).eval()
+
+
+def load_tito(source: str | Path) -> tuple[PLaTITO, bool]:
+    """(PLaTITO model, official?) from an official .ckpt, a pfm training checkpoint or a `pfm export` folder.
+
+    In eval mode. A checkpoint file needs no run description: the widths are read off the weights' shapes
+    (pfm's PLaTITO keeps the official names); "official" says the file holds the authors' names unprefixed.
+    """
+    source = Path(source)
+    if source.is_dir():
+        model = load_exported(source)
+        model = getattr(model, "model", model)
+        if not isinstance(model, PLaTITO):
+            raise ValueError(f"{source} holds a {type(model).__name__}, not a TITO/PLaTITO model.")
+        return model.eval(), False
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {source} does not exist; pass an official .ckpt, a pfm .ckpt or folder."
+        )
+    sd = load_state_dict(source)  # tensors only: no pickled code runs
+    prefixes = {k[: k.index("velocity_net.")] for k in sd if "velocity_net." in k}
+    if not prefixes:
+        raise ValueError(f"{source} has no 'velocity_net.*' weights; it is not a TITO/PLaTITO checkpoint.")
+    prefix = min(prefixes, key=len)  # "" for official files, "model." for pfm task checkpoints
+    model = build_network(
+        {"_target_": f"{PLaTITO.__module__}.{PLaTITO.__qualname__}"}, {}, weights=strip_prefix(sd, prefix)
+    )
+    return model.eval(), prefix == ""

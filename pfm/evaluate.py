@@ -4,7 +4,7 @@
         [--context T] [--start K] [--steps S] [--windows 1,2-5,6-12,13-30] [--num-trajectories N]
 
 CHECKPOINT is a pfm-train ``.ckpt``, a ``pfm export`` folder or a registry name (``pfm list``); it is loaded by
-:func:`pfm.build.load_pretrained` (PLaTITO's official files by :func:`pfm.sample.load_tito`). The data are
+:func:`pfm.build.load_pretrained` (PLaTITO's official files by :func:`pfm.build.load_tito`). The data are
 the checkpoint's own training data config unless overrides say otherwise (``data=<choice>`` replaces it with
 ``conf/data/<choice>.yaml``; ``data.KEY=VALUE`` changes one key):
 
@@ -62,7 +62,7 @@ def load_for_evaluation(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     A pfm-train checkpoint records its whole config; an export folder its model, head and data shapes; a
     registry name and an official PLaTITO file nothing.
     """
-    from pfm.build import load_pretrained
+    from pfm.build import load_pretrained, load_tito
     from pfm.checkpoints import read_checkpoint
 
     path = Path(source).expanduser()
@@ -72,9 +72,7 @@ def load_for_evaluation(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
         meta = read_checkpoint(path, strict=False)  # runs no pickled code; only "pfm" is used
         info = meta.get("pfm") if isinstance(meta, Mapping) else None
         if not isinstance(info, Mapping) or not isinstance(info.get("model"), Mapping):
-            from pfm.sample import load_tito  # an official (P)LaTITO file: its widths are read off the shapes
-
-            return load_tito(path)[0], {}
+            return load_tito(path)[0], {}  # an official (P)LaTITO file: its widths are read off the shapes
         return load_pretrained(path), dict(info.get("config") or {})
     return load_pretrained(str(source)), {}
 

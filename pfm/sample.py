@@ -9,7 +9,7 @@ sequence's per-residue embeddings from TABLE (`pfm embed` tables or the official
 amino-acid identity. Writes DIR/trajectories.pt ({"coords": (trajectories, steps + 1, L, 3) nm, ...}) and
 DIR/trajectory_<i>.pdb (multi-model C-alpha PDB) for the first `--pdb-trajectories` trajectories.
 
-Public names: `add_parser`, `read_ca_pdb`, `write_ca_pdb`, `load_tito`.
+Public names: `add_parser`, `read_ca_pdb`, `write_ca_pdb` (the checkpoint is read by `pfm.build.load_tito`).
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ import torch
 from tqdm import tqdm
 
 from datagen.argtypes import at_least, positive
-from pfm.build import build_network, load_exported
+from pfm.build import load_tito
 from pfm.embeddings import EmbeddingTable, residue_ids
 from pfm.io import atomic_path
-from pfm.models.tito import PLaTITO
 from pfm.models.tito_network import mask_and_zero_com
-from pfm.unpickle import load_state_dict
 
-__all__ = ["OFFICIAL_RESIDUE_IDS", "add_parser", "load_tito", "read_ca_pdb", "write_ca_pdb"]
+__all__ = ["OFFICIAL_RESIDUE_IDS", "add_parser", "read_ca_pdb", "write_ca_pdb"]
 
 THREE_TO_ONE = {
     "ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E", "GLY": "G",
@@ -83,30 +81,6 @@ def write_ca_pdb(path: str | Path, frames: torch.Tensor, sequence: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return Path(path)
-
-
-def load_tito(source: str | Path) -> tuple[Any, bool]:
-    """(PLaTITO model, official?) from an official .ckpt, a pfm training checkpoint or a `pfm export` folder."""
-    source = Path(source)
-    if source.is_dir():
-        model = load_exported(source)
-        model = getattr(model, "model", model)
-        if not isinstance(model, PLaTITO):
-            raise ValueError(f"{source} holds a {type(model).__name__}, not a TITO/PLaTITO model.")
-        return model.eval(), False
-    if not source.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {source} does not exist; pass an official .ckpt, a pfm .ckpt or folder."
-        )
-    sd = load_state_dict(source)  # tensors only: no pickled code runs
-    prefixes = {k[: k.index("velocity_net.")] for k in sd if "velocity_net." in k}
-    if not prefixes:
-        raise ValueError(f"{source} has no 'velocity_net.*' weights; it is not a TITO/PLaTITO checkpoint.")
-    prefix = min(prefixes, key=len)  # "" for official files, "model." for pfm task checkpoints
-    sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-    # pfm's PLaTITO keeps the official names, so the widths of either kind are read off the shapes
-    model = build_network({"_target_": f"{PLaTITO.__module__}.{PLaTITO.__qualname__}"}, {}, weights=sd)
-    return model.eval(), prefix == ""
 
 
 def _sequence_inputs(model: Any, sequence: str, args: argparse.Namespace, official: bool) -> dict[str, Any]:

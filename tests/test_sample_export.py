@@ -67,8 +67,9 @@ def _sample(files: dict[str, Path], source: str, out: str, seed: int = 7) -> dic
 
 @pytest.mark.slow
 def test_pfm_sample_from_a_trained_checkpoint_and_its_export(trained: dict[str, Path]) -> None:
+    from pfm.build import load_tito
     from pfm.models.tito import PLaTITO
-    from pfm.sample import load_tito, read_ca_pdb
+    from pfm.sample import read_ca_pdb
 
     # both sources hold the trained network, not a fresh one
     from_ckpt, official_ckpt = load_tito(trained["ckpt"])

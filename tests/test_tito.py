@@ -351,8 +351,9 @@ def test_pfm_sample_from_an_official_ckpt_runs_no_pickled_code(tmp_path):
 
 
 def test_pfm_sample_tito_and_pfm_checkpoints(tmp_path):
+    from pfm.build import load_tito
     from pfm.cli import main
-    from pfm.sample import load_tito, write_ca_pdb
+    from pfm.sample import write_ca_pdb
 
     model = tiny("tito")
     torch.save(

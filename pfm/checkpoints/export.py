@@ -19,9 +19,45 @@ from pfm.extras import require_extra
 from pfm.io import sha256_file, write_atomic
 from pfm.unpickle import check_checkpoint, refused_globals, safe_load
 
-__all__ = ["export_checkpoint", "read_sha256sums", "training_state_dict", "verify_export"]
+__all__ = [
+    "NETWORK_PREFIX",
+    "export_checkpoint",
+    "network_weights",
+    "read_sha256sums",
+    "strip_prefix",
+    "training_state_dict",
+    "verify_export",
+]
 
-_NETWORK_PREFIX = "model."  # the task holds its network (model, or head wrapping it) as `self.model`
+NETWORK_PREFIX = "model."  # the task holds its network (model, or head wrapping it) as `self.model`
+# the wrappers' prefixes (Lightning's, then DeepSpeed's or DDP's), outermost first
+_WRAPPER_PREFIXES = ("_forward_module.", "module.")
+
+
+def _unwrapped(key: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        key = key.removeprefix(prefix)
+    return key
+
+
+def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``state`` whose names start with ``prefix``, named without it."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def network_weights(state: Mapping[str, torch.Tensor], source: str | Path) -> dict[str, torch.Tensor]:
+    """The network's weights in a task's state dict: ``model.*`` (under any wrapper), named as in the network.
+
+    The one extractor of network weights from a training checkpoint (export, ``init_from``, ``load_weights``,
+    ``pfm sample``). Raises ``ValueError`` naming ``source`` when the state holds none.
+    """
+    network = strip_prefix({_unwrapped(k): v for k, v in state.items()}, NETWORK_PREFIX)
+    if not network:
+        raise ValueError(
+            f"{source} holds no '{NETWORK_PREFIX}*' weights (got {list(state)[:5]}); expected a pfm training "
+            "checkpoint."
+        )
+    return network
 
 
 def training_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -62,8 +98,7 @@ def training_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"{path}: state_dict[{key!r}] is {value!r}, not a tensor; a checkpoint whose weights need "
                 f"executing code is refused.{_refused_note(value)}"
             )
-        key = key.removeprefix("_forward_module.").removeprefix("module.")
-        out[key] = value.detach().to("cpu").contiguous().clone()
+        out[_unwrapped(key)] = value.detach().to("cpu").contiguous().clone()
     return out
 
 
@@ -123,12 +158,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
             f"Checkpoint {checkpoint} has no pfm run description (key 'pfm'); only checkpoints written by "
             "pfm-train can be exported, since the model config is needed to rebuild the network."
         )
-    state = training_state_dict(checkpoint)
-    weights = {k[len(_NETWORK_PREFIX) :]: v for k, v in state.items() if k.startswith(_NETWORK_PREFIX)}
-    if not weights:
-        raise ValueError(
-            f"Checkpoint {checkpoint} holds no '{_NETWORK_PREFIX}*' weights; got {list(state)[:5]}."
-        )
+    weights = network_weights(training_state_dict(checkpoint), f"Checkpoint {checkpoint}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = {

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from pfm.checkpoints.download import cache_root, fetch
-from pfm.checkpoints.export import training_state_dict
+from pfm.checkpoints.export import network_weights, training_state_dict
 from pfm.checkpoints.registry import get_entry, load_registry
 from pfm.models.strict import load_strict
 from pfm.unpickle import read_safetensors, safe_load, state_dict_from
@@ -107,16 +107,7 @@ def _torch_state(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     """``(state dict, is_pfm_checkpoint)`` of a torch file, read without running pickled code."""
     obj = safe_load(path)
     if isinstance(obj, Mapping) and "pfm" in obj and "state_dict" in obj:
-        state = state_dict_from(obj, path, "state_dict")
-        prefix = "model."
-        network = {
-            k.removeprefix("_forward_module.").removeprefix("module.").removeprefix(prefix): v
-            for k, v in state.items()
-            if k.removeprefix("_forward_module.").removeprefix("module.").startswith(prefix)
-        }
-        if not network:
-            raise ValueError(f"{path} holds no 'model.*' weights; expected a pfm training checkpoint.")
-        return network, True
+        return network_weights(state_dict_from(obj, path, "state_dict"), path), True
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             return state_dict_from(obj, path, key), False
@@ -176,12 +167,7 @@ def load_weights(model: nn.Module, source: str | Path, revision: str | None = No
     if len(weights) == 1 and not (path / "checkpoint").is_dir():
         _load_file(model, weights[0])
         return model
-    state = training_state_dict(path)
-    prefix = "model."
-    network = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    if not network:
-        raise ValueError(f"{path} holds no 'model.*' weights; expected a pfm training checkpoint.")
-    _load_strict(model, network, path)
+    _load_strict(model, network_weights(training_state_dict(path), path), path)
     return model
 
 
