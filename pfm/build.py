@@ -154,13 +154,19 @@ def _from_official(
     return factory(state, **accepted(factory, {**options, **spec}))
 
 
-def build_task(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """Build the DataModule and the task (model, optional head, objective) described by ``cfg``."""
+def build_task(cfg: DictConfig, *, checked: bool = False) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """Build the DataModule and the task (model, optional head, objective) described by ``cfg``.
+
+    Its sections are checked first (:func:`pfm.config_check.check_config`), ``init_from`` once a registry name
+    is resolved to files; ``checked=True`` says the caller already checked every other section
+    (:func:`pfm.train.run` does, before building the strategy), so each key is checked once per run.
+    """
     # a registry name (init_from=tadpole-s) becomes its verified local files, downloaded if needed
     if cfg.get("init_from") and is_registry_name(cfg.init_from):
         with open_dict(cfg):
             cfg.init_from = str(resolve_source(cfg.init_from))
-    check_config(cfg, ("data", "model", "head", "task", "init_from"))  # clear errors before building
+    # clear errors before building
+    check_config(cfg, ("init_from",) if checked else ("data", "model", "head", "task", "init_from"))
     datamodule = instantiate(cfg.data, **_data_sample(cfg))
     model = build_network(cfg.model, datamodule.spec, cfg.get("head"), init_from=cfg.get("init_from"))
     spec = datamodule.spec

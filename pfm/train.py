@@ -45,12 +45,12 @@ def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
     output_dir = Path(output_dir)
     merge_trainer_switches(cfg)  # trainer.precision/accelerator/devices/num_nodes are strategy.*
     # keys, types and ranges of every _target_, before anything is built; init_from may be a registry
-    # name, which build_task resolves and then checks
+    # name, which build_task resolves and then checks (the only key it checks: checked=True)
     check_config(cfg, [key for key in cfg if key != "init_from"])
     # built first: a strategy the hardware cannot run fails before any work is done
     setup = instantiate(cfg.strategy, _convert_="all") if cfg.get("strategy") else build_strategy("single")
     L.seed_everything(cfg.seed, workers=True)
-    datamodule, task = build_task(cfg)
+    datamodule, task = build_task(cfg, checked=True)
     setup.prepare_model(task.model)  # activation checkpointing, then compile; the strategy shards later
 
     checkpoint_dir = output_dir / "checkpoints"

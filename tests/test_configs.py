@@ -127,3 +127,28 @@ def test_a_typed_key_the_new_data_does_not_take_still_fails(tmp_path: Path) -> N
     cfg = _compose(["experiment=gphyt_demo", "data=well", f"data.path={tmp_path}", "+data.n=32"])
     problems = config_problems(cfg)
     assert len(problems) == 1 and "data.n=32" in problems[0] and "~data.n" in problems[0], problems
+
+
+def test_a_run_checks_its_config_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """pfm.train.run checks every section once: build_task, after run's check, checks only init_from."""
+    import pfm.build
+    import pfm.train
+
+    checked: list[str] = []
+
+    def record(cfg, keys=None) -> None:
+        checked.extend(keys)
+
+    class Built(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Built
+
+    monkeypatch.setattr(pfm.train, "check_config", record)
+    monkeypatch.setattr(pfm.build, "check_config", record)
+    monkeypatch.setattr(pfm.train, "resolve_resume", stop)  # the first thing after build_task
+    cfg = _compose(["experiment=demo", "data.n=16", "data.crop=16", "data.batch_size=2"])
+    with pytest.raises(Built):
+        pfm.train.run(cfg, tmp_path)
+    assert sorted(checked) == sorted(str(key) for key in cfg), "every key once, init_from included"
