@@ -19,10 +19,12 @@ from omegaconf import DictConfig
 
 from pfm.build import CONF_DIR, build_task
 from pfm.callbacks import (
+    ChainEvaluation,
     ExamplePlot,
     FitSummary,
     GlobalLoss,
     LossCurvePlot,
+    RolloutErrorPlot,
     StepProgressBar,
     ThroughputMonitor,
 )
@@ -73,11 +75,13 @@ def run(cfg: DictConfig, output_dir: str | Path) -> L.Trainer:
         FitSummary(),  # the closing line: steps and wall time of this fit, last validation figures
         # after PeriodicCheckpoint: on SIGUSR1/SIGTERM it saves through it at the next step, then requeues
         instantiate(cfg.preemption) if cfg.get("preemption") else Preemption(),
+        RolloutErrorPlot(output_dir),  # rollout_error.png after each validation, when the task collects it
     ]
     if cfg.plots:
         callbacks += [LossCurvePlot(output_dir), ExamplePlot(output_dir)]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(StepProgressBar())  # step k/max_steps: the run is one endless epoch
+    callbacks.append(ChainEvaluation(output_dir))  # last: the task's chain evaluation after every other end
     trainer = instantiate(
         cfg.trainer,
         logger=loggers or False,

@@ -1,15 +1,37 @@
-"""End-of-run pictures: the task's example slices (reconstructions, rollouts) and the loss curve, as PNGs."""
+"""The run's pictures, all drawn here: tasks hand over data, these callbacks draw and write the files.
+
+- :class:`LossCurvePlot`: ``loss_curve.png`` at the end (the training loss of every step);
+- :class:`ExamplePlot`: the task's ``example_panels`` at the end (``reconstruction.png``, ``rollout.png``);
+- :class:`RolloutErrorPlot`: ``rollout_error.png`` after each validation, from a task's ``rollout_curve``
+  (``NextFrameTask`` with ``error_curve``);
+- :class:`ChainEvaluation`: at the end, a chain task's ``evaluation`` (``FlowMatchingTask``): model rollouts
+  against a long simulation, ``fes.png`` and ``evaluation.json`` (:func:`pfm.evaluation.evaluate_chains`).
+
+``pfm-train`` adds the first two when ``plots`` is set, the last two always (the task's own settings decide).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import lightning as L
 import torch
 
+from pfm.evaluation import evaluate_chains
 from pfm.io import atomic_path
 
-__all__ = ["ExamplePlot", "LossCurvePlot", "write_panels"]
+__all__ = [
+    "ChainEvaluation",
+    "ExamplePlot",
+    "LossCurvePlot",
+    "RolloutErrorPlot",
+    "write_error_curve",
+    "write_panels",
+]
+
+log = logging.getLogger("pfm.callbacks")
 
 
 def _figure():
@@ -94,6 +116,58 @@ class ExamplePlot(L.Callback):
         write_panels(rows, self.written)
 
 
+class RolloutErrorPlot(L.Callback):
+    """Writes ``rollout_error.png`` after each validation (rank 0, not during the sanity check).
+
+    From the task's ``rollout_curve`` (``{source: [[nRMSE, VRMSE, count, persistence nRMSE] sums per step]}``,
+    collected by ``NextFrameTask`` during validation) when the task's ``error_curve`` is set.
+    """
+
+    def __init__(self, out_dir: str | Path, filename: str = "rollout_error.png") -> None:
+        self.path = Path(out_dir) / filename
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Draw the curve of the validation that just ended."""
+        curve = getattr(pl_module, "rollout_curve", None)
+        if (
+            not getattr(pl_module, "error_curve", False)
+            or trainer.sanity_checking
+            or not trainer.is_global_zero
+            or not curve
+        ):
+            return
+        write_error_curve(curve, self.path)
+
+
+class ChainEvaluation(L.Callback):
+    """At the end of training, the task's ``evaluation`` of chains: fes.png and evaluation.json in ``out_dir``.
+
+    Runs :func:`pfm.evaluation.evaluate_chains` (the task's ``evaluation`` as keyword arguments) on rank 0 when
+    the task has one and the data are online chains (a ``simulation``), logs ``eval/*`` to every logger and
+    keeps the results in :attr:`results`. Add it after every other callback: it runs after their end of training.
+    """
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.results: dict[str, float] | None = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Compare model rollouts with a long simulation; write fes.png + evaluation.json."""
+        evaluation = getattr(pl_module, "evaluation", None)
+        datamodule = getattr(trainer, "datamodule", None)
+        if not evaluation or not trainer.is_global_zero or not hasattr(datamodule, "simulation"):
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        results = evaluate_chains(pl_module.model, datamodule, out_dir=self.out_dir, **evaluation)
+        pl_module.train(was_training)
+        self.results = results
+        for logger in trainer.loggers:
+            logger.log_metrics({f"eval/{k}": v for k, v in results.items()}, step=trainer.global_step)
+            logger.save()
+        log.info("Evaluation: %s", json.dumps(results))
+
+
 def _validation_loader(trainer: L.Trainer):
     """The loader validation used in this fit, else a new one from the datamodule.
 
@@ -126,6 +200,31 @@ def write_panels(rows: dict[str, torch.Tensor], path: Path) -> None:
             ax.set_yticks([])
             if col == 0:
                 ax.set_ylabel(label)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def write_error_curve(curve: dict[str, list[list[float]]], path: Path) -> None:
+    """Plot mean nRMSE and VRMSE per rollout step for each source and save it atomically as PNG.
+
+    ``curve[source][step]`` holds sums ``[nRMSE, VRMSE, count, persistence nRMSE]`` over samples.
+    """
+    plt = _figure()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for name, rows in curve.items():
+        steps = [k + 1 for k, r in enumerate(rows) if r[2] > 0]
+        line = axes[0].plot(steps, [r[0] / r[2] for r in rows if r[2] > 0], marker="o", label=name)[0]
+        axes[0].plot(steps, [r[3] / r[2] for r in rows if r[2] > 0], ls="--", color=line.get_color(), lw=1)
+        axes[1].plot(steps, [r[1] / r[2] for r in rows if r[2] > 0], marker="o", label=name)
+    axes[0].set_title("nRMSE (dashed: last frame held)", fontsize=9)
+    for ax, what in zip(axes, ("nRMSE", "VRMSE"), strict=True):
+        ax.set_xlabel("rollout step")
+        ax.set_ylabel(what)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

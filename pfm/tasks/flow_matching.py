@@ -4,26 +4,21 @@ With flow time s ~ U(0, 1) (s = 0 noise, s = 1 data), noise z0 ~ N(0, I) centred
 data x1 = x_{t+lag}: z_s = (1 - s) z0 + s x1 + sigma eps, target velocity x1 - z0, loss = MSE over valid
 residues and the 3 coordinates. The model's conditioning network sees x_t, lag (ns) and temperature (K) once;
 its velocity network sees (z_s, s, condition). At the end of training, ``evaluation`` (if set and the data
-are online chains) compares rollouts of the model against a long simulation: see :mod:`pfm.evaluation`.
+are online chains) compares rollouts of the model against a long simulation (:mod:`pfm.evaluation`), run by
+:class:`pfm.callbacks.ChainEvaluation`, which ``pfm-train`` adds.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pfm.evaluation import evaluate_chains
 from pfm.tasks.base import Task
 
 __all__ = ["FlowMatchingTask", "centred_noise", "masked_mse"]
-
-log = logging.getLogger("pfm.tasks.flow_matching")
 
 
 def centred_noise(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -44,7 +39,8 @@ class FlowMatchingTask(Task):
     """Flow matching of lagged pairs from chain DataModules (``x_t``, ``x_next``, ``mask``, ``lag``, ...).
 
     ``sigma`` is the interpolant noise (0.01 as in TITO). ``evaluation`` holds keyword arguments of
-    :func:`pfm.evaluation.evaluate_chains` (null: no evaluation at the end).
+    :func:`pfm.evaluation.evaluate_chains` (null: no evaluation at the end; run by
+    :class:`pfm.callbacks.ChainEvaluation`).
     """
 
     def __init__(
@@ -60,7 +56,6 @@ class FlowMatchingTask(Task):
             raise ValueError(f"task.sigma={sigma}; expected the interpolant noise level >= 0 (TITO: 0.01).")
         self.sigma = sigma
         self.evaluation = dict(evaluation) if evaluation else None
-        self.evaluation_results: dict[str, float] | None = None
 
     @staticmethod
     def conditioning(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -107,21 +102,3 @@ class FlowMatchingTask(Task):
         g.manual_seed(1_000 + batch_idx)
         loss = self.loss(batch, g)
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["x_t"].shape[0], sync_dist=True)
-
-    def on_train_end(self) -> None:
-        """Compare model rollouts with a long simulation (online chains only); write fes.png + evaluation.json."""
-        trainer = self.trainer
-        datamodule = getattr(trainer, "datamodule", None)
-        if not self.evaluation or not trainer.is_global_zero or not hasattr(datamodule, "simulation"):
-            return
-
-        out_dir = Path(trainer.default_root_dir)
-        was_training = self.training
-        self.eval()
-        results = evaluate_chains(self.model, datamodule, out_dir=out_dir, **self.evaluation)
-        self.train(was_training)
-        self.evaluation_results = results
-        for logger in trainer.loggers:
-            logger.log_metrics({f"eval/{k}": v for k, v in results.items()}, step=trainer.global_step)
-            logger.save()
-        log.info("Evaluation: %s", json.dumps(results))

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from pfm.evaluation.metrics import field_errors
-from pfm.io import atomic_path
 from pfm.models.rollout import rollout
 from pfm.tasks.base import Task
 
@@ -45,7 +43,8 @@ class NextFrameTask(Task):
             the predictions; gradients flow through every step); the batches need as many future frames.
         num_rollout_steps: validation rollout length (default: every future frame of the batch).
         error_curve: write ``rollout_error.png`` (nRMSE and VRMSE per rollout step, per source) into the run
-            folder after each validation.
+            folder after each validation (drawn from :attr:`rollout_curve` by
+            :class:`pfm.callbacks.RolloutErrorPlot`, which ``pfm-train`` adds).
 
     The loss is the MSE per sample and field divided by that field's context variance, averaged over present
     fields and predicted steps: every field counts the same whatever its scale. Validation logs VRMSE and
@@ -86,7 +85,9 @@ class NextFrameTask(Task):
         self.num_train_steps = num_train_steps
         self.num_rollout_steps = num_rollout_steps
         self.error_curve = error_curve
-        self._curve: dict[str, list[list[float]]] = {}
+        # per source, per rollout step: sums [nRMSE, VRMSE, count, persistence nRMSE] of the last validation
+        # (pfm.callbacks.RolloutErrorPlot draws them as rollout_error.png)
+        self.rollout_curve: dict[str, list[list[float]]] = {}
 
     # ----------------------------------------------------------------------------------------------- helpers
     def _field_names(self, num_fields: int) -> tuple[str, ...]:
@@ -236,7 +237,7 @@ class NextFrameTask(Task):
                     self.log(f"val/vrmse/{name}", per_sample_v[sel].mean(), batch_size=n)
                 if step == num_steps - 1:
                     self.log(f"val/rollout_nrmse/{name}", per_sample[sel].mean(), batch_size=n)
-                curve = self._curve.setdefault(name, [])
+                curve = self.rollout_curve.setdefault(name, [])
                 while len(curve) <= step:
                     curve.append([0.0, 0.0, 0.0, 0.0])
                 curve[step][0] += float(per_sample[sel].sum())
@@ -246,20 +247,7 @@ class NextFrameTask(Task):
 
     def on_validation_epoch_start(self) -> None:
         """Start a new per-step error curve."""
-        self._curve = {}
-
-    def on_validation_epoch_end(self) -> None:
-        """Write ``rollout_error.png`` (rank 0, not during the sanity check)."""
-        trainer = self._trainer
-        if (
-            not self.error_curve
-            or trainer is None
-            or trainer.sanity_checking
-            or not trainer.is_global_zero
-            or not self._curve
-        ):
-            return
-        write_error_curve(self._curve, Path(trainer.default_root_dir) / "rollout_error.png")
+        self.rollout_curve = {}
 
     @torch.no_grad()
     def example_panels(self, batch: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
@@ -276,33 +264,3 @@ class NextFrameTask(Task):
             )
         name = self._field_names(frames.shape[-1])[c]
         return "rollout.png", {f"truth {name}": truth, f"rollout ({int(finite[0])} finite)": rollout}
-
-
-def write_error_curve(curve: dict[str, list[list[float]]], path: Path) -> None:
-    """Plot mean nRMSE and VRMSE per rollout step for each source and save it atomically as PNG.
-
-    ``curve[source][step]`` holds sums ``[nRMSE, VRMSE, count, persistence nRMSE]`` over samples.
-    """
-    # imported when drawing: matplotlib takes seconds to import, and needs the Agg backend chosen before pyplot
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for name, rows in curve.items():
-        steps = [k + 1 for k, r in enumerate(rows) if r[2] > 0]
-        line = axes[0].plot(steps, [r[0] / r[2] for r in rows if r[2] > 0], marker="o", label=name)[0]
-        axes[0].plot(steps, [r[3] / r[2] for r in rows if r[2] > 0], ls="--", color=line.get_color(), lw=1)
-        axes[1].plot(steps, [r[1] / r[2] for r in rows if r[2] > 0], marker="o", label=name)
-    axes[0].set_title("nRMSE (dashed: last frame held)", fontsize=9)
-    for ax, what in zip(axes, ("nRMSE", "VRMSE"), strict=True):
-        ax.set_xlabel("rollout step")
-        ax.set_ylabel(what)
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
