@@ -18,7 +18,7 @@ from conftest import pfm_train
 from well_files import make_well_dataset
 
 from pfm.cli import main
-from pfm.evaluation.metrics import field_errors, nrmse, parse_windows, vrmse, window_scores
+from pfm.evaluation.metrics import field_errors, nrmse, parse_windows, sample_errors, vrmse, window_scores
 from pfm.evaluation.scores import RolloutScores, persistence, summarise, trajectory_mean
 from pfm.models.rollout import rollout
 
@@ -65,6 +65,15 @@ def test_float32_inputs_are_accumulated_in_float64() -> None:
     assert v.dtype == torch.float32
     expected = 1.0 / t.double().std(unbiased=False)
     assert abs(float(v) - float(expected)) < 1e-5 * float(expected)
+
+
+def test_val_nrmse_weighs_every_sample_the_same() -> None:
+    """val/nrmse's reduction: per sample, the mean over present fields; then the mean over samples."""
+    errors = torch.tensor([[1.0, 3.0, 8.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    assert sample_errors(errors, mask).tolist() == [2.0, 4.0]
+    assert float(sample_errors(errors, mask).mean()) == 3.0  # pooled over present pairs it would be 8 / 3
+    assert sample_errors(errors).tolist() == pytest.approx([4.0, 4.0 / 3.0])
 
 
 def test_persistence_on_a_stationary_field_scores_zero() -> None:

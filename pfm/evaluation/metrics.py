@@ -12,14 +12,18 @@ For a predicted frame ``p`` and a true frame ``t`` of one field, over the spatia
 ``eps`` is 1e-7 (The Well's). Sums are taken in float64; :func:`field_errors` returns the inputs' floating
 dtype (at least float32), :func:`window_scores` float64.
 
+Over a batch, ``val/nrmse`` (and every other ``val/*`` of a field metric) is, in every task, the mean over
+samples of each sample's mean over its present fields (:func:`sample_errors`): each sample weighs the same
+whatever its number of fields, as in ``pfm evaluate``'s ``all`` row.
+
 Over a rollout, :func:`window_scores` averages a per-step metric over windows of steps and summarises the
 trajectories with their mean and median. A trajectory whose rollout became non-finite before the end of a
 window has *failed* that window: it is left out of the mean (which is over the trajectories that survived the
 window) and counts as +inf in the median (so a median over mostly failed rollouts is inf); ``num_failed``
 says how many failed.
 
-Public names: ``EPS``, ``vrmse``, ``nrmse``, ``field_errors``, ``parse_windows``, ``clip_windows``, ``window_scores``,
-``DEFAULT_WINDOWS``.
+Public names: ``EPS``, ``vrmse``, ``nrmse``, ``field_errors``, ``sample_errors``, ``parse_windows``,
+``clip_windows``, ``window_scores``, ``DEFAULT_WINDOWS``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "field_errors",
     "nrmse",
     "parse_windows",
+    "sample_errors",
     "vrmse",
     "window_scores",
 ]
@@ -80,6 +85,17 @@ def vrmse(prediction: torch.Tensor, target: torch.Tensor, *, channel_dim: int = 
 def nrmse(prediction: torch.Tensor, target: torch.Tensor, *, channel_dim: int = -1) -> torch.Tensor:
     """nRMSE per sample and field ``(B, C)`` (see :func:`field_errors`)."""
     return field_errors(prediction, target, channel_dim=channel_dim)[1]
+
+
+def sample_errors(errors: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Each sample's mean ``(B,)`` of per-field errors ``(B, C)`` over the fields ``mask`` ``(B, C)`` marks present.
+
+    ``mask`` None: every field. ``val/nrmse`` is the mean of these over samples (module docstring).
+    """
+    if mask is None:
+        return errors.mean(1)
+    m = mask.to(errors.dtype)
+    return (errors * m).sum(1) / m.sum(1).clamp_min(1)
 
 
 def parse_windows(text: str | Sequence[Sequence[int]] | None) -> tuple[tuple[int, int], ...]:

@@ -9,22 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pfm.evaluation.metrics import nrmse
+from pfm.evaluation.metrics import nrmse, sample_errors
 from pfm.tasks.base import Task
 
-__all__ = ["AutoencoderTask", "masked_mean"]
-
-
-def masked_mean(errors: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample mean ``(B,)`` of per-field errors ``(B, C)`` over the fields ``mask`` ``(B, C)`` marks present.
-
-    ``val/nrmse`` and its relatives are the mean of these over samples: with one channel, the mean over samples
-    and fields as NextFrameTask logs it.
-    """
-    if mask is None:
-        return errors.mean(1)
-    m = mask.to(errors.dtype)
-    return (errors * m).sum(1) / m.sum(1).clamp_min(1)
+__all__ = ["AutoencoderTask"]
 
 
 class AutoencoderTask(Task):
@@ -117,9 +105,10 @@ class AutoencoderTask(Task):
         return loss.detach()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Reconstruction nRMSE (:mod:`pfm.evaluation.metrics`; mean over samples and channels) overall and per family."""
+        """Reconstruction nRMSE (:mod:`pfm.evaluation.metrics`: mean over samples of the mean over present channels)
+        overall and per family."""
         x = batch["input"]
-        err = masked_mean(nrmse(self.model(x), x, channel_dim=1), batch.get("channel_mask"))
+        err = sample_errors(nrmse(self.model(x), x, channel_dim=1), batch.get("channel_mask"))
         self.log("val/nrmse", err.mean(), prog_bar=True, batch_size=x.shape[0], sync_dist=True)
         if "pde" in batch and self.pde_names:
             for index, name in enumerate(self.pde_names):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from pfm.evaluation.metrics import nrmse
+from pfm.evaluation.metrics import nrmse, sample_errors
 from pfm.models.rollout import rollout
-from pfm.tasks.autoencoder import masked_mean
 from pfm.tasks.base import Task
 
 __all__ = ["DynamicsTask"]
@@ -68,15 +67,15 @@ class DynamicsTask(Task):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """nRMSE (:mod:`pfm.evaluation.metrics`, mean over samples and present channels) at every rollout step,
-        overall and per PDE family; ``val/nrmse`` is the first step's."""
+        """nRMSE (:mod:`pfm.evaluation.metrics`: mean over samples of the mean over present channels) at every
+        rollout step, overall and per PDE family; ``val/nrmse`` is the first step's."""
         frames = self._frames(batch)
         predicted = self.rollout(frames[:, 0], frames.shape[1] - 1)
         b = frames.shape[0]
         mask = batch.get("channel_mask")
 
         def err_at(step: int) -> torch.Tensor:
-            return masked_mean(nrmse(predicted[:, step], frames[:, step + 1], channel_dim=1), mask)
+            return sample_errors(nrmse(predicted[:, step], frames[:, step + 1], channel_dim=1), mask)
 
         for step in range(predicted.shape[1]):
             err = err_at(step)

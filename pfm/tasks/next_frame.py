@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import torch
 
-from pfm.evaluation.metrics import field_errors
+from pfm.evaluation.metrics import field_errors, sample_errors
 from pfm.models.rollout import rollout
 from pfm.tasks.base import Task
 
@@ -205,27 +205,24 @@ class NextFrameTask(Task):
                 break
             vrmse, nrmse = field_errors(predicted[alive, step], frames[alive, t + step])
             m = mask[alive].float()
-            count = m.sum().clamp_min(1)
-            self.log(f"val/nrmse_step{step + 1}", (nrmse * m).sum() / count, batch_size=int(alive.sum()))
-            self.log(f"val/vrmse_step{step + 1}", (vrmse * m).sum() / count, batch_size=int(alive.sum()))
+            # each sample's mean over its present fields; val/* are their means (pfm.evaluation.metrics)
+            per_sample, per_sample_v = sample_errors(nrmse, m), sample_errors(vrmse, m)
+            self.log(f"val/nrmse_step{step + 1}", per_sample.mean(), batch_size=int(alive.sum()))
+            self.log(f"val/vrmse_step{step + 1}", per_sample_v.mean(), batch_size=int(alive.sum()))
             # the baseline a model must beat: the last context frame held fixed
             _, still = field_errors(frames[alive, t - 1], frames[alive, t + step])
+            still_sample = sample_errors(still, m)
             self.log(
-                f"val/persistence_nrmse_step{step + 1}",
-                (still * m).sum() / count,
-                batch_size=int(alive.sum()),
+                f"val/persistence_nrmse_step{step + 1}", still_sample.mean(), batch_size=int(alive.sum())
             )
-            still_sample = (still * m).sum(1) / m.sum(1).clamp_min(1)
             if step == 0:
-                self.log("val/nrmse", (nrmse * m).sum() / count, prog_bar=True, batch_size=b, sync_dist=True)
-                self.log("val/vrmse", (vrmse * m).sum() / count, batch_size=b, sync_dist=True)
+                self.log("val/nrmse", per_sample.mean(), prog_bar=True, batch_size=b, sync_dist=True)
+                self.log("val/vrmse", per_sample_v.mean(), batch_size=b, sync_dist=True)
                 for c, name in enumerate(names):
                     n = int(m[:, c].sum())
                     if n:
                         self.log(f"val/nrmse/{name}", (nrmse[:, c] * m[:, c]).sum() / n, batch_size=n)
                         self.log(f"val/vrmse/{name}", (vrmse[:, c] * m[:, c]).sum() / n, batch_size=n)
-            per_sample = (nrmse * m).sum(1) / m.sum(1).clamp_min(1)
-            per_sample_v = (vrmse * m).sum(1) / m.sum(1).clamp_min(1)
             src = source[alive]
             for index, name in enumerate(self.pde_names or ["all"]):
                 sel = src == index if self.pde_names else torch.ones_like(src, dtype=torch.bool)
