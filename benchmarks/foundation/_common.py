@@ -334,9 +334,18 @@ def _train_in_process(overrides: list[str], run_dir: Path, threads: int | None) 
         GlobalHydra.instance().clear()
 
 
-def pfm_export(checkpoint: Path, out: Path) -> Path:
-    """`pfm export CHECKPOINT --out OUT` (log beside OUT); returns OUT."""
+def pfm_export(checkpoint: Path, out: Path, *, in_process: bool = False) -> Path:
+    """`pfm export CHECKPOINT --out OUT` (log beside OUT); returns OUT.
+
+    With `in_process`, the command's function `pfm.checkpoints.export_checkpoint` in this process.
+    """
     out = Path(out)
+    if in_process:
+        from pfm.checkpoints import export_checkpoint
+
+        export_checkpoint(checkpoint, out)
+        out.with_name(out.name + ".log").write_text(f"pfm export {checkpoint} --out {out} (in process)\n")
+        return out
     run_command([BIN / "pfm", "export", checkpoint, "--out", out], out.with_name(out.name + ".log"))
     return out
 

@@ -164,6 +164,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-steps", type=int, help="steps of every fine-tuning/scratch run (40, 60)")
     parser.add_argument("--frames", type=int, help="frames per trajectory (9: rollouts of 8 steps)")
     parser.add_argument("--test", type=int, help="test trajectories (quick 4, full 8)")
+    parser.add_argument(
+        "--export",
+        type=Path,
+        help="start both arms' comparisons from this `pfm export` folder: no pretraining",
+    )
+    parser.add_argument(
+        "--pretrain-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more pfm-train overrides of pretraining",
+    )
+    parser.add_argument(
+        "--finetune-set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides of both arms' runs"
+    )
     args = parse_args(parser, argv)
     sizes = dict(SIZES["quick" if args.quick else "full"])
     for key in ("pretrain_steps", "finetune_steps", "frames", "test"):
@@ -184,17 +199,24 @@ def main(argv: list[str] | None = None) -> int:
         dataset = write_dataset(
             out / "data", max(args.n_values), sizes["valid"], sizes["test"], sizes["frames"]
         )
-    with stages("pretrain"):
-        ckpt = pfm_train(pretrain_overrides(sizes["pretrain_steps"]), out / "pretrain", **how)
-    with stages("export"):
-        export = pfm_export(ckpt, out / "export")
+    if args.export is None:
+        with stages("pretrain"):
+            overrides = [*pretrain_overrides(sizes["pretrain_steps"]), *args.pretrain_set]
+            ckpt = pfm_train(overrides, out / "pretrain", **how)
+        with stages("export"):
+            export = pfm_export(ckpt, out / "export", in_process=not args.subprocess)
+    else:
+        export = args.export.resolve()
     steps = sizes["frames"] - 1
     for n in args.n_values:
         for seed in args.seeds:
             for arm in ARMS:
                 name = f"{arm}_n{n}_s{seed}"
                 with stages(name):
-                    overrides = finetune_overrides(arm, dataset, n, seed, sizes["finetune_steps"], export)
+                    overrides = [
+                        *finetune_overrides(arm, dataset, n, seed, sizes["finetune_steps"], export),
+                        *args.finetune_set,
+                    ]
                     last = pfm_train(overrides, out / "runs" / name, **how)
                     record = evaluate(
                         last, out / "eval" / name, as_command=args.subprocess, steps=steps, windows=WINDOWS
