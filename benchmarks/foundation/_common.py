@@ -510,11 +510,13 @@ def plot_error_vs_n(
     xlabel: str = "training trajectories N",
     panel_title: str = "steps {window}",
     styles: dict[str, tuple[str | None, str, str | None]] | None = None,
+    yscale: str = "linear",
 ) -> Path:
     """Error against N: one panel per window, a line per arm (mean over seeds, min-max band), baselines dashed.
 
     ``panel_title`` is formatted with ``window`` (recipes whose "windows" are other metrics name them so);
-    ``styles`` adds or replaces (color, line, marker) per arm.
+    ``styles`` adds or replaces (color, line, marker) per arm; ``yscale="log"`` when the errors span decades
+    (e.g. the mean baseline at 1 beside models at 0.02).
     """
     import matplotlib
 
@@ -551,6 +553,7 @@ def plot_error_vs_n(
                     linewidth=0,
                 )
         ax.set_xscale("log", base=2)
+        ax.set_yscale(yscale)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{metric} (mean over test trajectories)")
         ax.set_title(panel_title.format(window=window))
