@@ -29,9 +29,7 @@ initialisation of new weights, data order and random strides).
 from __future__ import annotations
 
 import json
-import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,8 @@ from _common import (
     evaluate,
     make_parser,
     parse_args,
+    pfm_export,
+    pfm_train,
     plot_error_vs_n,
     run_command,
     write_summary,
@@ -54,15 +54,15 @@ HELD_OUT = "kolmogorov_flow_vorticity"
 
 # Sizes: the full mode and --quick run the same code path; quick has fewer seeds, N values and steps.
 FULL = {
-    "pretrain_steps": 300,  # the demo's own length
-    "finetune_steps": 40,
+    "pretrain_steps": 1000,  # experiment=gphyt_demo runs 300
+    "finetune_steps": 150,
     "test_trajectories": 8,
     "trajectory_frames": 16,  # 4 context + 12 rollout steps
     "windows": "1,2-5,6-12",
 }
 QUICK = {
-    "pretrain_steps": 60,
-    "finetune_steps": 20,
+    "pretrain_steps": 100,
+    "finetune_steps": 30,
     "test_trajectories": 4,
     "trajectory_frames": 10,  # 4 context + 6 rollout steps
     "windows": "1,2-6",
@@ -70,30 +70,6 @@ QUICK = {
 GRID = 32
 TRAIN_TRAJECTORIES = 32  # the largest N
 VALID_TRAJECTORIES = 2
-
-
-def train(overrides: list[str], run_dir: Path) -> float:
-    """``pfm-train OVERRIDES`` in this process, into ``run_dir`` (saves a Python start per run); wall time (s).
-
-    The same composition and ``pfm.train.run`` as the command; the command line is written to ``command.txt``.
-    """
-    from hydra import compose, initialize_config_dir
-
-    from pfm.paths import CONF_DIR
-    from pfm.train import run as train_run
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "command.txt").write_text(
-        "pfm-train " + " ".join([*overrides, f"hydra.run.dir={run_dir}"]) + "\n"
-    )
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[*overrides, f"logger.csv.save_dir={run_dir}", "trainer.enable_progress_bar=false"],
-        )
-    start = time.perf_counter()
-    train_run(cfg, run_dir)
-    return time.perf_counter() - start
 
 
 # ------------------------------------------------------------------------------------------------ held-out data
@@ -164,45 +140,37 @@ def write_held_out(folder: Path, frames: int, test: int, log_dir: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- the arms
-def pretrain(out: Path, steps: int, pretrained: Path | None) -> tuple[Path, float]:
+def pretrain(out: Path, steps: int, pretrained: Path | None, args: Any) -> Path:
     """``experiment=gphyt_demo`` (the held-out family is not in its mix) for ``steps``, then ``pfm export``.
 
-    ``pretrained``: a checkpoint of such a run to export instead of training one. Returns the export folder and
-    the training wall time (NaN when reused).
+    ``pretrained``: a checkpoint of such a run to export instead of training one. Returns the export folder.
     """
-    from pfm.checkpoints import export_checkpoint
-
     export = out / "export"
     if (export / "model.safetensors").is_file():
-        return export, math.nan
-    wall = math.nan
+        return export
     if pretrained is None:
-        run_dir = out / "pretrain"
-        wall = train(
-            [
-                "experiment=gphyt_demo",
-                f"trainer.max_steps={steps}",
-                f"trainer.val_check_interval={steps}",
-                f"checkpoint_every_n_steps={steps}",
-                "+trainer.num_sanity_val_steps=0",
-                "seed=0",
-            ],
-            run_dir,
+        overrides = [
+            "experiment=gphyt_demo",
+            f"trainer.max_steps={steps}",
+            f"trainer.val_check_interval={steps}",
+            f"checkpoint_every_n_steps={steps}",
+            "+trainer.num_sanity_val_steps=0",
+            "seed=0",
+        ]
+        pretrained = pfm_train(
+            overrides, out / "pretrain", threads=args.threads, in_process=not args.subprocess
         )
-        pretrained = run_dir / "checkpoints" / "last.ckpt"
-    export_checkpoint(pretrained, export)  # = pfm export CKPT --out EXPORT
-    return export, wall
+    return pfm_export(pretrained, export, in_process=not args.subprocess)
 
 
 def finetune(
-    out: Path, dataset: Path, n: int, seed: int, steps: int, init_from: Path | None
-) -> tuple[Path, float]:
+    out: Path, dataset: Path, n: int, seed: int, steps: int, init_from: Path | None, args: Any
+) -> Path:
     """Fine-tune from ``init_from`` (or train from scratch when None) on the first ``n`` trajectories."""
-    arm = "finetuned" if init_from is not None else "scratch"
+    arm = "pretrained" if init_from is not None else "scratch"
     run_dir = out / "runs" / f"{arm}_n{n}_seed{seed}"
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if ckpt.exists():
-        return ckpt, math.nan
+    if (run_dir / "checkpoints" / "last.ckpt").exists():
+        return run_dir / "checkpoints" / "last.ckpt"
     overrides = [
         "experiment=foundation_gphyt_finetune",
         f"data.path={dataset}",
@@ -214,15 +182,16 @@ def finetune(
     ]
     if init_from is not None:
         overrides.append(f"init_from={init_from}")
-    return ckpt, train(overrides, run_dir)
+    return pfm_train(overrides, run_dir, threads=args.threads, in_process=not args.subprocess)
 
 
-def score(checkpoint: Path, dataset: Path, out: Path, sizes: dict[str, Any]) -> dict[str, Any]:
+def score(checkpoint: Path, dataset: Path, out: Path, sizes: dict[str, Any], args: Any) -> dict[str, Any]:
     """``pfm evaluate CHECKPOINT data=well data.path=DATASET`` on the held-out test split; metrics.json's record."""
     return evaluate(
         checkpoint,
         out,
         ["data=well", f"data.path={dataset}", "data.num_workers=0"],
+        as_command=args.subprocess,
         steps=sizes["trajectory_frames"] - 4,
         windows=sizes["windows"],
     )
@@ -241,27 +210,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parse_args(parser, argv)
     sizes = dict(QUICK if args.quick else FULL)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     out = args.out
     (out / "eval").mkdir(exist_ok=True)
     stages, results = Stages(), Results()
     with stages("held-out data (pfm-datagen pools, pfm data convert)"):
         dataset = write_held_out(out, sizes["trajectory_frames"], sizes["test_trajectories"], out / "logs")
     with stages("pretrain + export" if args.pretrained is None else "export (pretraining reused)"):
-        export, _ = pretrain(out, sizes["pretrain_steps"], args.pretrained)
+        export = pretrain(out, sizes["pretrain_steps"], args.pretrained, args)
     with stages("zero-shot evaluate"):
-        zero_shot = score(export, dataset, out / "eval" / "zero-shot", sizes)
+        zero_shot = score(export, dataset, out / "eval" / "zero-shot", sizes, args)
     for n in args.n_values:  # zero-shot does not depend on N or the seed: one record, drawn as a line
         results.add("zero-shot", n, args.seeds[0], zero_shot, baselines=False)
     for seed in args.seeds:
         for n in args.n_values:
             for arm, init in (("pretrained", export), ("scratch", None)):
                 with stages(f"{arm} N={n} seed={seed}"):
-                    ckpt, _ = finetune(out, dataset, n, seed, sizes["finetune_steps"], init)
-                    record = score(ckpt, dataset, out / "eval" / f"{arm}_n{n}_seed{seed}", sizes)
+                    ckpt = finetune(out, dataset, n, seed, sizes["finetune_steps"], init, args)
+                    record = score(ckpt, dataset, out / "eval" / f"{arm}_n{n}_seed{seed}", sizes, args)
                 results.add(arm, n, seed, record)
     plot_error_vs_n(
         results,
