@@ -14,12 +14,15 @@ import os
 import sys
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import torch
+import yaml
 
 from datagen.argtypes import at_least
-
-if TYPE_CHECKING:
-    from datagen.pool import FamilySpec
+from datagen.bench import pool_throughput, solver_throughput
+from datagen.pdes import get_pde, known_pdes
+from datagen.pool import FamilySpec
+from datagen.shards import write_shards
 
 __all__ = ["load_family", "main"]
 
@@ -30,14 +33,10 @@ _CONF = Path(os.environ.get("PFM_CONFIG_DIR") or str(files("pfm.conf"))) / "data
 
 def load_family(name: str, config_dir: Path = _CONF) -> FamilySpec:
     """The :class:`FamilySpec` of ``name`` from ``conf/data/pde/<name>.yaml`` (or the family defaults)."""
-    from datagen.pdes import get_pde
-    from datagen.pool import FamilySpec
-
     get_pde(name)  # unknown names list the known ones
     path = config_dir / f"{name}.yaml"
     if path.is_file():
-        import yaml  # the family configs are plain YAML (no interpolation), so no Hydra is needed here
-
+        # the family configs are plain YAML (no interpolation), so no Hydra is needed here
         return FamilySpec(**yaml.safe_load(path.read_text()))
     raise ValueError(
         f"No config {path} for PDE {name!r}; write one (see docs/new_pde.md) or pass --config-dir."
@@ -83,14 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--config-dir", type=Path, default=_CONF)
     args = parser.parse_args(argv)
 
-    from datagen.pdes import get_pde, known_pdes
-
     if args.command == "list":
         print("\n".join(known_pdes()))
         return 0
     if args.command == "write":
-        from datagen.shards import write_shards
-
         if Path(args.out).exists() and not Path(args.out).is_dir():
             parser.error(
                 f"--out {args.out} is an existing file; expected a folder for the shards (new, or one of "
@@ -117,10 +112,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"wrote {args.samples} samples in {len(paths)} shards to {args.out}")
         return 0
-    import torch
-
-    from datagen.bench import pool_throughput, solver_throughput
-
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.pde or [p for p in known_pdes() if 3 in get_pde(p).supported_dims]

@@ -145,6 +145,7 @@ def _run(name: str, *args: torch.Tensor) -> torch.Tensor:
 
 
 def _is_compile_error(error: BaseException) -> bool:
+    # imported when a compile failed: torch._dynamo and torch._inductor take seconds to import
     import torch._dynamo.exc as dynamo_exc
     import torch._inductor.exc as inductor_exc
 
@@ -157,6 +158,7 @@ def check_fusable(device: torch.device) -> None:
 
     A compiler that is present but fails is found on the first fused step, which raises the same way.
     """
+    # imported when fusing is asked for: torch._dynamo (and triton below) take seconds to import
     import torch._dynamo.eval_frame
 
     try:

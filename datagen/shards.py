@@ -97,7 +97,7 @@ def write_shards(
 
     ``pool_kwargs`` go to :class:`ShardPool` (n, num_spatial_dims, num_trajectories, seed, shard, ...).
     """
-    import webdataset as wds
+    import webdataset as wds  # imported when writing: webdataset takes seconds to import, beyond torch
 
     out = Path(out)
     counts_given = {"num_samples": num_samples, "samples_per_shard": samples_per_shard, "batch": batch}

@@ -1,8 +1,9 @@
 """pfm: utilities around training (info, list, download, export, publish, and the subcommands below).
 
 Each subcommand group lives beside the code it drives and registers itself through an ``add_parser(sub)``
-function in a module listed in ``_SUBCOMMAND_MODULES``; this file only assembles them, so a new command is one
-line here and one module there.
+function in its module; ``COMMANDS`` below names that module and the one-line help of each subcommand, so a
+new command is one entry here and one module there. Only the chosen subcommand's module is imported: ``pfm
+--help`` imports no torch, Lightning or Hydra, and ``pfm data check`` only what ``pfm.wellfmt`` needs.
 """
 
 from __future__ import annotations
@@ -11,31 +12,62 @@ import argparse
 import importlib
 import sys
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
-# Modules with ``add_parser(subparsers) -> None``; each adds its subcommands with ``set_defaults(func=...)``.
-_SUBCOMMAND_MODULES: list[str] = [
-    "pfm.checkpoints.commands",
-    "pfm.launch",
-    "pfm.embeddings.cli",
-    "pfm.sample",
-    "pfm.wellfmt.commands",
-    "pfm.evaluate",
-]
+# subcommand -> (module with ``add_parser(subparsers)``, which adds it with ``set_defaults(func=...)``; help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "list": ("pfm.checkpoints.commands", "hosted checkpoints in the registry, and whether each is cached"),
+    "download": ("pfm.checkpoints.commands", "fetch and verify a registry entry's files; prints their paths"),
+    "info": (
+        "pfm.checkpoints.commands",
+        "versions and PDE families; with NAME, a registry entry and its cache state",
+    ),
+    "registry": ("pfm.checkpoints.commands", "edit the user registry"),
+    "export": (
+        "pfm.checkpoints.commands",
+        "turn a training checkpoint (file or ZeRO shards) into safetensors, config, model card",
+    ),
+    "publish": (
+        "pfm.checkpoints.commands",
+        "upload an export folder to the Hugging Face Hub; prints its registry entry",
+    ),
+    "launch": ("pfm.launch", "submit a training run to a cluster scheduler (SLURM)"),
+    "embed": ("pfm.embeddings.cli", "per-residue pLM embeddings of a FASTA file -> .safetensors table"),
+    "sample": ("pfm.sample", "roll out TITO/PLaTITO trajectories from a start structure"),
+    "data": ("pfm.wellfmt.commands", "check, convert and compute stats of datasets in The Well's layout"),
+    "evaluate": (
+        "pfm.evaluate",
+        "score a checkpoint: rollouts vs the truth, persistence and mean baselines (docs/evaluate.md)",
+    ),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``pfm`` argument parser with every registered subcommand."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``pfm`` parser: ``command``'s module registers its subcommands, the others are named with their help.
+
+    ``command=None`` imports no subcommand module (``pfm --help``); choosing a name among the placeholders
+    is what imports its module (:func:`main` parses again with it).
+    """
     parser = argparse.ArgumentParser(prog="pfm", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in _SUBCOMMAND_MODULES:
-        importlib.import_module(name).add_parser(sub)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    chosen = COMMANDS[command][0] if command in COMMANDS else None
+    for name, (module, text) in COMMANDS.items():
+        if module != chosen:
+            sub.add_parser(name, help=text, add_help=False)  # a placeholder: parsing stops at it
+    if chosen is not None:
+        importlib.import_module(chosen).add_parser(sub)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv``: its first word that is not an option."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command(argv)).parse_args(argv)
     return args.func(args)
 
 

@@ -33,10 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
-# Only light modules at the top: `pfm` imports every subcommand's module to build its parser, so the model,
-# data and task code (Lightning, Hydra's composition) load inside the functions, when `pfm evaluate` runs.
+from datagen.fields import field_names
+from datagen.seeding import derive_seed
+from pfm.build import load_pretrained, load_tito
+from pfm.checkpoints import read_checkpoint
+from pfm.data.well_dataset import WellDataset
+from pfm.evaluation import evaluate_chains
 from pfm.evaluation.metrics import parse_windows
 from pfm.evaluation.scores import (
     RolloutScores,
@@ -48,7 +56,11 @@ from pfm.evaluation.scores import (
     trajectory_mean,
     write_json,
 )
+from pfm.io import atomic_path
+from pfm.models import PLaTITO
 from pfm.models.rollout import rollout
+from pfm.paths import CONF_DIR
+from pfm.tasks import DynamicsTask, NextFrameTask
 
 __all__ = ["add_parser", "evaluate", "evaluate_checkpoint", "load_for_evaluation"]
 
@@ -62,9 +74,6 @@ def load_for_evaluation(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     A pfm-train checkpoint records its whole config; an export folder its model, head and data shapes; a
     registry name and an official PLaTITO file nothing.
     """
-    from pfm.build import load_pretrained, load_tito
-    from pfm.checkpoints import read_checkpoint
-
     path = Path(source).expanduser()
     if path.is_dir() and (path / "config.yaml").is_file():
         return load_pretrained(path), dict(OmegaConf.to_container(OmegaConf.load(path / "config.yaml")))
@@ -79,7 +88,6 @@ def load_for_evaluation(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 def _kind(model: torch.nn.Module, config: Mapping[str, Any]) -> str:
     """``fields`` (NextFrameTask), ``windows`` (DynamicsTask) or ``chains`` (TITO/PLaTITO)."""
-    from pfm.models import PLaTITO
 
     if isinstance(model, PLaTITO):
         return "chains"
@@ -98,7 +106,6 @@ def _kind(model: torch.nn.Module, config: Mapping[str, Any]) -> str:
 
 def _task(model: torch.nn.Module, config: Mapping[str, Any], kind: str, fields: Sequence[str], context: int):
     """The training task around ``model`` (its rollout and normalisation), from the recorded config if any."""
-    from pfm.tasks import DynamicsTask, NextFrameTask
 
     task_cfg = dict(config.get("task") or {})
     if kind == "fields":
@@ -139,10 +146,6 @@ def data_config(config: Mapping[str, Any], overrides: Sequence[str]) -> dict[str
     choice, data, _ = _split_overrides(overrides)
     seed = int(config.get("seed", 0) or 0)
     if choice is not None:
-        from hydra import compose, initialize_config_dir
-
-        from pfm.paths import CONF_DIR
-
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("train", overrides=[f"data={choice}", f"seed={seed}", *data])
         return dict(OmegaConf.to_container(cfg.data, resolve=True))
@@ -190,9 +193,6 @@ class WellTrajectories(Trajectories):
         batch_size: int,
         max_trajectories: int | None,
     ) -> None:
-        import yaml
-
-        from pfm.data.well_dataset import WellDataset
 
         root = Path(str(cfg["path"])).expanduser()
         folder = root / "data" / split
@@ -267,9 +267,6 @@ class OnlineTrajectories(Trajectories):
         num_trajectories: int,
         seed: int | None,
     ) -> None:
-        from hydra.utils import instantiate
-
-        from datagen.seeding import derive_seed
 
         train_seed = int(cfg.get("seed", 0) or 0)
         held_out = derive_seed(train_seed, "evaluation") if seed is None else seed
@@ -295,8 +292,6 @@ class OnlineTrajectories(Trajectories):
         if kind == "fields":
             self.fields = tuple(self.module.fields)
         else:  # windows: the families' channel names when they agree, else channel_<i>
-            from datagen.fields import field_names
-
             d = self.module.spec["num_spatial_dims"]
             names = {tuple(field_names(f.name, d)) for f in self.module.families}
             count = self.module.spec["num_channels"]
@@ -341,12 +336,7 @@ def _forecast(task: Any, kind: str, window: torch.Tensor, mask: torch.Tensor, st
 
 
 def _progress(total: int):
-    try:
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc="rollouts", unit="trajectory")
-    except ImportError:  # the progress bar is optional
-        return None
+    return tqdm(total=total, desc="rollouts", unit="trajectory")
 
 
 @torch.no_grad()
@@ -453,7 +443,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         f"# pfm evaluate {args.checkpoint}\n\n{record['num_trajectories']} trajectories, context {context}, "
         f"{data.num_steps} rollout steps; cells: mean / median over trajectories.\n\n"
     )
-    from pfm.io import atomic_path
 
     with atomic_path(out / "metrics.md") as tmp:
         tmp.write_text(header + table)
@@ -469,9 +458,6 @@ def _evaluate_chains(
     model: Any, config: Mapping[str, Any], args: argparse.Namespace, out: Path
 ) -> dict[str, Any]:
     """TITO/PLaTITO: rollouts against a long simulation of an unseen chain (pfm.evaluation.chains)."""
-    from hydra.utils import instantiate
-
-    from pfm.evaluation import evaluate_chains
 
     _, _, evaluation = _split_overrides(args.overrides)
     data_cfg = data_config(config, args.overrides)
@@ -489,7 +475,6 @@ def _evaluate_chains(
               "settings": settings, "metrics": results}  # fmt: skip
     write_json(out / "metrics.json", _json_safe(record))
     lines = ["| metric | value |", "|---|---|", *(f"| {k} | {v:.4g} |" for k, v in results.items())]
-    from pfm.io import atomic_path
 
     with atomic_path(out / "metrics.md") as tmp:
         tmp.write_text(f"# pfm evaluate {args.checkpoint}\n\n" + "\n".join(lines) + "\n")
@@ -500,7 +485,6 @@ def _evaluate_chains(
 
 def get_target(cfg: Mapping[str, Any]) -> Any:
     """The class a config's ``_target_`` names."""
-    from hydra.utils import get_class
 
     return get_class(str(cfg["_target_"]))
 
@@ -540,10 +524,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `pfm evaluate`."""
-    p = sub.add_parser(
-        "evaluate",
-        help="score a checkpoint: rollouts vs the truth, persistence and mean baselines (docs/evaluate.md)",
-    )
+    p = sub.add_parser("evaluate")
     p.add_argument("checkpoint", help="pfm-train .ckpt, `pfm export` folder or registry name")
     p.add_argument(
         "overrides", nargs="*", help="data=<choice>, data.KEY=VALUE, evaluation.KEY=VALUE (chains)"

@@ -338,7 +338,7 @@ def _launch_slurm(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """Add ``pfm launch slurm`` to the ``pfm`` command."""
-    launch = sub.add_parser("launch", help="submit a training run to a cluster scheduler (SLURM)")
+    launch = sub.add_parser("launch")
     kinds = launch.add_subparsers(dest="launcher", required=True)
     p = kinds.add_parser(
         "slurm",

@@ -158,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `pfm sample`."""
-    p = sub.add_parser("sample", help="roll out TITO/PLaTITO trajectories from a start structure")
+    p = sub.add_parser("sample")
     p.add_argument("checkpoint", help="official .ckpt, pfm training .ckpt, or `pfm export` folder")
     p.add_argument("--pdb", required=True, help="start structure (its C-alpha atoms and sequence)")
     p.add_argument("--embeddings", help="per-residue pLM table (`pfm embed` .safetensors or official .pt)")

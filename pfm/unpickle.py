@@ -21,16 +21,24 @@ Public names: :func:`allowed_globals`, :func:`safe_load`, :func:`check_checkpoin
 
 from __future__ import annotations
 
+import _codecs
 import _compat_pickle
 import collections
+import importlib
+import io
+import json
 import pickle
+import struct
 import types
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch._utils as tu
+from safetensors.torch import load_file
 
 __all__ = [
     "Placeholder",
@@ -136,8 +144,6 @@ def _display_name(module: str, name: str) -> str:
 
 def _allowed() -> dict[tuple[str, str], Any]:
     """Globals that rebuild tensors or plain containers and cannot run code of the checkpoint's choosing."""
-    import torch._utils as tu
-
     allowed: dict[tuple[str, str], Any] = {
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("collections", "Counter"): collections.Counter,
@@ -156,8 +162,6 @@ def _allowed() -> dict[tuple[str, str], Any]:
         ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
         ("torch._tensor", "_rebuild_from_type_v2"): torch._tensor._rebuild_from_type_v2,
     }
-    import _codecs
-
     allowed[("_codecs", "encode")] = _codecs.encode  # protocol-2 pickles store bytes through it
     for name in (
         "_rebuild_tensor",
@@ -180,10 +184,6 @@ def _allowed() -> dict[tuple[str, str], Any]:
         if isinstance(value, torch.dtype) or (name.endswith("Storage") and isinstance(value, type)):
             allowed[("torch", name)] = value
     try:  # numpy arrays and scalars (e.g. in callback state): rebuilt from raw bytes, no code runs
-        import importlib
-
-        import numpy as np
-
         # numpy 2 moved numpy.core to numpy._core (the old name warns); files name either
         multiarray = importlib.import_module(
             "numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray"
@@ -344,8 +344,6 @@ def _check_distcp_items(folder: Path, metadata: Any) -> None:
     """Every item torch.distributed.checkpoint will read from the ``*.distcp`` files (a torch.save archive
     each, at the offsets its vetted ``.metadata`` gives), strictly: DCP unpickles byte items with
     ``weights_only=False``."""
-    import io
-
     state = metadata.state if isinstance(metadata, Placeholder) else None
     storage = state.get("storage_data") if isinstance(state, Mapping) else None
     if not isinstance(storage, Mapping):
@@ -461,9 +459,6 @@ def check_safetensors(path: str | Path) -> None:
     The safetensors library's own error for a truncated or foreign file (``SafetensorError: incomplete
     metadata``) names no file; this check reads only the header, so it costs nothing for a large file.
     """
-    import json
-    import struct
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; give the path of a .safetensors file.")
@@ -502,7 +497,5 @@ def check_safetensors(path: str | Path) -> None:
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """``safetensors.torch.load_file(path)``, after :func:`check_safetensors` (errors name the file)."""
-    from safetensors.torch import load_file
-
     check_safetensors(path)
     return load_file(str(path))

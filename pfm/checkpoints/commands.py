@@ -189,22 +189,16 @@ def _run(func: Any) -> Any:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add list, download, info, registry, export and publish to the ``pfm`` parser."""
-    sub.add_parser(
-        "list", help="hosted checkpoints in the registry, and whether each is cached"
-    ).set_defaults(func=_run(_list))
-    p = sub.add_parser("download", help="fetch and verify a registry entry's files; prints their paths")
+    sub.add_parser("list").set_defaults(func=_run(_list))
+    p = sub.add_parser("download")
     p.add_argument("name", help="registry name, e.g. tadpole-s (see `pfm list`)")
     p.add_argument("--revision", help="Hub branch, tag or commit instead of the registry's pinned one")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run(_download))
-    p = sub.add_parser(
-        "info", help="versions and PDE families; with NAME, a registry entry and its cache state"
-    )
+    p = sub.add_parser("info")
     p.add_argument("name", nargs="?", help="registry name (optional)")
     p.set_defaults(func=_run(_info))
-    reg = sub.add_parser("registry", help="edit the user registry").add_subparsers(
-        dest="registry_command", required=True
-    )
+    reg = sub.add_parser("registry").add_subparsers(dest="registry_command", required=True)
     p = reg.add_parser(
         "pin", help="download NAME and write its sha256, sizes and Hub commit into the user registry"
     )
@@ -212,16 +206,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--revision", help="Hub branch, tag or commit to pin instead of the registry's")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run(_pin))
-    p = sub.add_parser(
-        "export", help="turn a training checkpoint (file or ZeRO shards) into safetensors, config, model card"
-    )
+    p = sub.add_parser("export")
     p.add_argument("checkpoint", help="a step*.ckpt / last.ckpt file or DeepSpeed checkpoint folder")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--name", help="name for the printed registry entry (default: the folder's name)")
     p.set_defaults(func=_export)
-    p = sub.add_parser(
-        "publish", help="upload an export folder to the Hugging Face Hub; prints its registry entry"
-    )
+    p = sub.add_parser("publish")
     p.add_argument("export_dir", help="a folder written by `pfm export`")
     p.add_argument("--repo", required=True, help="ORG/NAME of the Hub model repository (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repository private")

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from safetensors.torch import save
 
 from pfm.checkpoints.files import is_complete, read_checkpoint
 from pfm.extras import require_extra
@@ -144,8 +145,6 @@ def _model_card(info: Mapping[str, Any], step: int | None, num_params: int, sour
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Write ``model.safetensors``, ``config.yaml``, ``README.md`` and ``SHA256SUMS`` into ``out_dir``."""
-    from safetensors.torch import save
-
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise FileNotFoundError(f"Checkpoint {checkpoint} does not exist; pass a step*.ckpt file or folder.")

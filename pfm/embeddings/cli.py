@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``pfm embed``."""
-    p = sub.add_parser("embed", help="per-residue pLM embeddings of a FASTA file -> .safetensors table")
+    p = sub.add_parser("embed")
     p.add_argument("--provider", required=True, choices=sorted(PROVIDERS))
     p.add_argument("--fasta", required=True, help="sequences to embed (one-letter codes)")
     p.add_argument("--out", required=True, help="table to write (.safetensors); existing entries are kept")

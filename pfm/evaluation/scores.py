@@ -217,7 +217,7 @@ def markdown_table(results: Mapping[str, Any], models: Sequence[str], fields: Se
 
 
 def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # imported when drawing: matplotlib takes seconds to import
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -226,6 +226,7 @@ def _save(fig: Any, path: Path) -> None:
 
 def plot_error_vs_step(results: Mapping[str, Any], path: Path) -> None:
     """VRMSE and nRMSE (mean over trajectories, all fields) against rollout step, one line per forecaster."""
+    # imported when drawing: matplotlib takes seconds to import, and needs the Agg backend chosen before pyplot
     import matplotlib
 
     matplotlib.use("Agg")
@@ -256,6 +257,7 @@ def plot_rollout(
     truth: torch.Tensor, prediction: torch.Tensor, field: str, path: Path, max_columns: int = 6
 ) -> None:
     """One field of one rollout beside the truth: ``(S, *spatial)`` each, up to ``max_columns`` steps."""
+    # imported when drawing: matplotlib takes seconds to import, and needs the Agg backend chosen before pyplot
     import matplotlib
 
     matplotlib.use("Agg")

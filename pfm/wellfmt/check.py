@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import h5py
 import numpy as np
 import yaml
 
@@ -83,8 +84,6 @@ def check_stats(stats_path: Path, layout: WellFile) -> list[Finding]:
 
 # ----------------------------------------------------------------------------------------------- folder
 def _scan_values(layout: WellFile, found: _Findings, max_bytes: int) -> None:
-    import h5py
-
     with h5py.File(layout.path, "r") as f:
         for info in [*layout.fields, *layout.constant_fields]:
             count, first = 0, ""

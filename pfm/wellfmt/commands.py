@@ -15,7 +15,9 @@ from collections import Counter
 from pathlib import Path
 
 from pfm.wellfmt.check import check_dataset, check_file
+from pfm.wellfmt.convert import convert
 from pfm.wellfmt.layout import SPLITS, WellFile, split_files
+from pfm.wellfmt.stats import write_stats
 
 __all__ = ["add_parser"]
 
@@ -62,16 +64,12 @@ def _summary(path: Path) -> str:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from pfm.wellfmt.stats import write_stats
-
     stats = write_stats(args.path, max_bytes=int(args.chunk_mb * (1 << 20)))
     print(f"wrote {Path(args.path) / 'stats.yaml'}: {', '.join(stats)} of fields {list(stats['mean'])}")
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from pfm.wellfmt.convert import convert
-
     summary = convert(args.spec, args.out, max_bytes=int(args.chunk_mb * (1 << 20)))
     print(
         f"wrote {summary['path']}: {summary['dataset_name']!r}, {len(summary['spatial_dims'])}D grid "
@@ -95,7 +93,7 @@ def _run(func):
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``pfm data check|stats|convert`` to the ``pfm`` parser."""
-    data = sub.add_parser("data", help="check, convert and compute stats of datasets in The Well's layout")
+    data = sub.add_parser("data")
     cmds = data.add_subparsers(dest="data_command", required=True)
     chunk = {"type": float, "default": 256.0, "help": "read about this many MiB at a time (default 256)"}
     p = cmds.add_parser(

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import yaml
 
@@ -268,8 +269,6 @@ def _write_file(
     trajectories: list[int],
     geometry: dict[str, Any],
 ) -> None:
-    import h5py
-
     dims, grid, times = geometry["dims"], geometry["grid"], geometry["times"]
     d = len(dims)
     params = {str(k): float(v) for k, v in (spec.get("simulation_parameters") or {}).items()}

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 __all__ = [
@@ -194,8 +195,6 @@ class WellFile:
     @classmethod
     def inspect(cls, path: str | Path) -> tuple[WellFile | None, list[Finding]]:
         """Check one file's structure (no field values are read); the file (None if unreadable) and findings."""
-        import h5py
-
         path = Path(path)
         found = _Findings()
         self = object.__new__(cls)

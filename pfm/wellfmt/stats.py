@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import yaml
 
@@ -70,8 +71,6 @@ def _refuse_non_finite(
 
 def compute_stats(path: str | Path, *, max_bytes: int = 256 << 20) -> dict[str, dict[str, Any]]:
     """The stats of ``<path>/data/train`` (see the module docstring), reading about ``max_bytes`` at a time."""
-    import h5py
-
     folder = Path(path) / "data" / "train"
     files = split_files(folder) if folder.is_dir() else []
     if not files:
