@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_path", "current_umask", "sha256_file", "write_atomic"]
+__all__ = ["atomic_dir", "atomic_path", "current_umask", "read_sha256sums", "sha256_file", "write_atomic"]
 
 _CHUNK = 1 << 20
 
@@ -88,3 +88,12 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_sha256sums(directory: str | Path) -> dict[str, str]:
+    """``{file name: hex sha256}`` from the ``SHA256SUMS`` of an export folder."""
+    sums = {}
+    for line in (Path(directory) / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        sums[name] = digest
+    return sums

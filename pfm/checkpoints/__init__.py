@@ -6,17 +6,46 @@ checkpoint carries); :func:`resolve_resume`, :func:`check_compatible`; :func:`fi
 :func:`is_complete`, :func:`list_checkpoints`, :func:`read_checkpoint`; :func:`export_checkpoint`;
 :func:`load_weights` (weights into a built model; ``init_from``); :func:`load_registry`, :func:`get_entry`;
 :func:`fetch` (verified downloads); :func:`safe_load`, :func:`load_state_dict` (no pickled code runs).
+
+Each name is imported from its module on first use (``_HOMES``), so that ``pfm list`` and ``pfm download``
+(:mod:`pfm.checkpoints.commands`) read the registry without loading torch and Lightning.
 """
 
-from pfm.checkpoints.download import fetch
-from pfm.checkpoints.export import export_checkpoint
-from pfm.checkpoints.files import find_resume_checkpoint, is_complete, list_checkpoints, read_checkpoint
-from pfm.checkpoints.periodic import PeriodicCheckpoint
-from pfm.checkpoints.pretrained import load_weights
-from pfm.checkpoints.registry import get_entry, load_registry
-from pfm.checkpoints.resume import check_compatible, resolve_resume
-from pfm.checkpoints.run_info import read_run_info, run_info
-from pfm.unpickle import load_state_dict, safe_load
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pfm.checkpoints.download import fetch
+    from pfm.checkpoints.export import export_checkpoint
+    from pfm.checkpoints.files import find_resume_checkpoint, is_complete, list_checkpoints, read_checkpoint
+    from pfm.checkpoints.periodic import PeriodicCheckpoint
+    from pfm.checkpoints.pretrained import load_weights
+    from pfm.checkpoints.registry import get_entry, load_registry
+    from pfm.checkpoints.resume import check_compatible, resolve_resume
+    from pfm.checkpoints.run_info import read_run_info, run_info
+    from pfm.unpickle import load_state_dict, safe_load
+
+# public name -> the module that defines it
+_HOMES: dict[str, str] = {
+    "PeriodicCheckpoint": "pfm.checkpoints.periodic",
+    "check_compatible": "pfm.checkpoints.resume",
+    "export_checkpoint": "pfm.checkpoints.export",
+    "fetch": "pfm.checkpoints.download",
+    "find_resume_checkpoint": "pfm.checkpoints.files",
+    "get_entry": "pfm.checkpoints.registry",
+    "is_complete": "pfm.checkpoints.files",
+    "list_checkpoints": "pfm.checkpoints.files",
+    "load_registry": "pfm.checkpoints.registry",
+    "load_state_dict": "pfm.unpickle",
+    "load_weights": "pfm.checkpoints.pretrained",
+    "read_checkpoint": "pfm.checkpoints.files",
+    "read_run_info": "pfm.checkpoints.run_info",
+    "resolve_resume": "pfm.checkpoints.resume",
+    "run_info": "pfm.checkpoints.run_info",
+    "safe_load": "pfm.unpickle",
+}
 
 __all__ = [
     "PeriodicCheckpoint",
@@ -36,3 +65,12 @@ __all__ = [
     "run_info",
     "safe_load",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The public name ``name``, imported from its module the first time it is asked for."""
+    if name not in _HOMES:
+        raise AttributeError(f"module 'pfm.checkpoints' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value

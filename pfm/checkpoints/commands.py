@@ -12,14 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
-import datagen
 import pfm
-from pfm.checkpoints import export_checkpoint
 from pfm.checkpoints.download import DownloadError, cached_file, fetch, recorded_hash, sha256_file
-from pfm.checkpoints.export import verify_export
 from pfm.checkpoints.registry import entry_yaml, export_entry, get_entry, load_registry, user_registry_path
 from pfm.io import atomic_path
 
@@ -71,6 +67,11 @@ def _download(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     if args.name is None:
+        # imported when asked for: torch and datagen take seconds; `pfm list`, `pfm download` start without them
+        import torch
+
+        import datagen
+
         print(
             f"pfm {pfm.__version__}, torch {torch.__version__}, cuda available: {torch.cuda.is_available()}"
         )
@@ -121,6 +122,8 @@ def _pin(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from pfm.checkpoints.export import export_checkpoint  # imported when run: it loads torch (seconds)
+
     out = export_checkpoint(args.checkpoint, args.out)
     print(f"# registry entry for {out} (add it under `models:` of your registry; publish rewrites the urls):")
     print(entry_yaml(args.name or Path(out).resolve().name, export_entry(out)), end="")
@@ -133,6 +136,8 @@ _PUBLISHED = ("model.safetensors", "config.yaml", "README.md", "SHA256SUMS")
 
 
 def _publish(args: argparse.Namespace) -> int:
+    from pfm.checkpoints.export import verify_export  # imported when run: its module loads torch (seconds)
+
     folder = Path(args.export_dir)
     missing = [n for n in _PUBLISHED if not (folder / n).is_file()]
     if missing:

@@ -17,14 +17,13 @@ from safetensors.torch import save
 
 from pfm.checkpoints.files import is_complete, read_checkpoint
 from pfm.extras import require_extra
-from pfm.io import sha256_file, write_atomic
+from pfm.io import read_sha256sums, sha256_file, write_atomic
 from pfm.unpickle import check_checkpoint, refused_globals, safe_load
 
 __all__ = [
     "NETWORK_PREFIX",
     "export_checkpoint",
     "network_weights",
-    "read_sha256sums",
     "strip_prefix",
     "training_state_dict",
     "verify_export",
@@ -180,15 +179,6 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     sums = "".join(f"{sha256_file(out_dir / name)}  {name}\n" for name in files)
     write_atomic(out_dir / "SHA256SUMS", sums.encode())
     return out_dir
-
-
-def read_sha256sums(directory: str | Path) -> dict[str, str]:
-    """``{file name: hex sha256}`` from the ``SHA256SUMS`` of an export folder."""
-    sums = {}
-    for line in (Path(directory) / "SHA256SUMS").read_text().splitlines():
-        digest, name = line.split(maxsplit=1)
-        sums[name] = digest
-    return sums
 
 
 def verify_export(directory: str | Path) -> None:

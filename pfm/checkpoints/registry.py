@@ -33,8 +33,7 @@ import yaml
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
-from pfm.checkpoints.export import read_sha256sums
-from pfm.io import sha256_file
+from pfm.io import read_sha256sums, sha256_file
 from pfm.paths import BUNDLED_REGISTRY, CONF_DIR
 
 __all__ = [
