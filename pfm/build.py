@@ -33,7 +33,7 @@ from pfm.checkpoints.pretrained import (
     resolve_source,
 )
 from pfm.checkpoints.registry import get_entry
-from pfm.checkpoints.run_info import read_run_info
+from pfm.checkpoints.run_description import read_run_info
 from pfm.config_check import check_config
 from pfm.models import PLaTITO
 from pfm.paths import CONF_DIR  # re-exported: tests and older code import it from here

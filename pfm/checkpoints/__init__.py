@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from pfm.checkpoints.pretrained import load_weights
     from pfm.checkpoints.registry import get_entry, load_registry
     from pfm.checkpoints.resume import check_compatible, resolve_resume
-    from pfm.checkpoints.run_info import read_run_info, run_info
+    from pfm.checkpoints.run_description import read_run_info, run_info
     from pfm.unpickle import load_state_dict, safe_load
 
 # public name -> the module that defines it
@@ -41,9 +41,9 @@ _HOMES: dict[str, str] = {
     "load_state_dict": "pfm.unpickle",
     "load_weights": "pfm.checkpoints.pretrained",
     "read_checkpoint": "pfm.checkpoints.files",
-    "read_run_info": "pfm.checkpoints.run_info",
+    "read_run_info": "pfm.checkpoints.run_description",
     "resolve_resume": "pfm.checkpoints.resume",
-    "run_info": "pfm.checkpoints.run_info",
+    "run_info": "pfm.checkpoints.run_description",
     "safe_load": "pfm.unpickle",
 }
 
