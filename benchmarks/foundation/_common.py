@@ -569,15 +569,24 @@ def plot_error_vs_n(
 
 
 def write_summary(
-    out: Path, results: Results, stages: Stages, *, command: str, extra: dict[str, Any] | None = None
+    out: Path,
+    results: Results,
+    stages: Stages,
+    *,
+    command: str,
+    extra: dict[str, Any] | None = None,
+    metric: str = "VRMSE",
 ) -> dict[str, Any]:
-    """table.md/csv, results.*, timing.json and summary.md (command, machine, load, wall time, table)."""
-    results.write(out)
+    """table.md/csv, results.*, timing.json and summary.md (command, machine, load, wall time, table).
+
+    ``metric`` names the values in the markdown tables' header.
+    """
+    results.write(out, metric)
     timing = stages.write(out / "timing.json", command=command, **(extra or {}))
     summary = (
         f"command: `{command}`\n\nmachine: {timing['machine']}\n\nwall time: {timing['total_s']:.0f} s; "
         f"load at the start / end: {stages.stages[0]['load_before'] if stages.stages else '-'} / "
-        f"{timing['load_end']}\n\n" + results.markdown()
+        f"{timing['load_end']}\n\n" + results.markdown(metric)
     )
     (out / "summary.md").write_text(summary)
     return timing
