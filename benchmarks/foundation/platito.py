@@ -2,8 +2,8 @@
 
 One command (from a clone, with the venv's python; docs/foundation.md, "Foundation: PLaTITO"):
 
-    python benchmarks/foundation/platito.py --quick          # ~3 min on 2 CPU cores
-    python benchmarks/foundation/platito.py --out runs/platito  # the full recipe (~15 min)
+    python benchmarks/foundation/platito.py --quick --out outputs/foundation_platito_quick
+    python benchmarks/foundation/platito.py --out outputs/foundation_platito     # the full recipe
 
 What it does (experiment=foundation_platito: a 168k-parameter PLaTITO on online coarse-grained chains):
 
@@ -22,11 +22,16 @@ What it does (experiment=foundation_platito: a 168k-parameter PLaTITO on online 
    new native structures per seed), against the same network from random initialisation with the same data,
    steps and optimiser (``scratch``). Pretraining is one run (seed 0) shared by all fine-tuning seeds.
 5. Scoring: ``pfm evaluate`` (pfm.evaluate.evaluate_checkpoint, chain metrics) on each test chain (a B
-   sequence, its own native structure from ``evaluation.seed``), beside two baselines scored by the same
-   pfm.evaluation.evaluate_chains: the true Langevin dynamics (``langevin``: the sampling floor of the metric)
-   and a model that never moves (``frozen``).
+   sequence, its own native structure from ``evaluation.seed``), beside three baselines scored by the same
+   pfm.evaluation.evaluate_chains (pfm evaluate has none for chains): the true Langevin dynamics
+   (``langevin``: the sampling floor of the metric), a model that never moves (``frozen``), and the true
+   dynamics of the same chain with another held-out sequence (``langevin other sequence``: how much the
+   sequence moves the metrics at all, i.e. the most an embedding can buy).
 
-Outputs in --out: results.json (every score), table.md, table.csv, error_vs_n.png, and the runs.
+Outputs in --out: chains.md (the table: chain metrics side by side), table.md / table.csv / results.* (_common's
+long form), scores.json (every test chain's metrics), timing.json, summary.md, error_vs_n.png, and the runs.
+Training runs in this process (pfm.train.run on the composed config: no interpreter start per run); pfm export
+runs as the command; pfm evaluate through evaluate_checkpoint.
 """
 
 from __future__ import annotations
@@ -68,7 +73,12 @@ from _common import (  # noqa: E402
 EXPERIMENT = "foundation_platito"
 VARIANTS = ("forcefield", "identity", "none")
 METRICS = ("fes_mae_kcal", "coverage", "rg_hist_l1", "end_to_end_hist_l1", "transition_2n_tv_vs_reference")
-PLOT_STYLES = {"langevin": ("C1", "--", None), "frozen": ("0.5", ":", None), "zero-shot": ("C2", "-.", None)}
+PLOT_STYLES = {
+    "langevin": ("C1", "--", None),
+    "langevin other sequence": ("C4", "--", None),
+    "frozen": ("0.5", ":", None),
+    "zero-shot": ("C2", "-.", None),
+}
 PLOT_METRICS = ("fes_mae_kcal", "rg_hist_l1", "transition_2n_tv_vs_reference")  # lower is better
 
 QUICK = {
@@ -208,7 +218,9 @@ class _Frozen(_Langevin):
 
 
 def baselines(table: str, test_seed: int, extra: list[str]) -> dict[str, dict[str, float]]:
-    """The langevin and frozen baselines on one test chain, through pfm's chain evaluation."""
+    """The baselines on one test chain, through pfm's chain evaluation: the true dynamics (``langevin``), a model
+    that never moves (``frozen``) and the true dynamics of the same native structure with another held-out
+    sequence (``langevin other sequence``: how far the sequence moves the metrics at all)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -228,10 +240,16 @@ def baselines(table: str, test_seed: int, extra: list[str]) -> dict[str, dict[st
         dm.simulation(), num_residues=len(sequence), temperature=settings["temperature"], num_replicas=1,
         num_frames=1, seed=test_seed, residue_ids=residue_ids(sequence),
     )  # fmt: skip
-    out = {}
-    for name, cls in (("langevin", _Langevin), ("frozen", _Frozen)):
-        out[name] = evaluate_chains(cls(ref["system"], dm.simulation()), dm, **settings)
-    return out
+    # the same chain (native structure) with another held-out sequence: what the sequence changes at all
+    other = "".join(random.Random(test_seed).choice(alphabets()[1]) for _ in sequence)
+    wrong = ref["system"].select(torch.zeros(1, dtype=torch.long))
+    wrong.residue_ids = residue_ids(other)[None] * wrong.mask
+    models = {
+        "langevin": _Langevin(ref["system"], dm.simulation()),
+        "frozen": _Frozen(ref["system"], dm.simulation()),
+        "langevin other sequence": _Langevin(wrong, dm.simulation()),
+    }
+    return {name: evaluate_chains(model, dm, **settings) for name, model in models.items()}
 
 
 # ------------------------------------------------------------------------------------------------ the recipe
@@ -254,8 +272,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         __doc__.splitlines()[0], seeds=FULL["seeds"], quick_seeds=QUICK["seeds"], n_values=FULL["ns"],
         quick_n_values=QUICK["ns"],
     )  # fmt: skip
+    parser.add_argument("--pretrain-steps", type=int, help="pretraining steps per embedding (default 500)")
+    parser.add_argument("--finetune-steps", type=int, help="fine-tuning / scratch steps (default 100)")
+    parser.add_argument("--num-test", type=int, help="test chains of held-out sequences (default 3)")
+    parser.add_argument("--device", default="cpu", help="pfm evaluate's --device (cpu, cuda)")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE",
+        help="Hydra overrides for every training run, e.g. model=platito_3m strategy.accelerator=gpu",
+    )  # fmt: skip
     args = parse_args(parser, argv)
-    plan = dict(QUICK if args.quick else FULL) | {"seeds": args.seeds, "ns": args.n_values}
+    plan = dict(QUICK if args.quick else FULL) | {"seeds": args.seeds, "ns": args.n_values, "set": args.set}
+    for key in ("pretrain_steps", "finetune_steps", "num_test"):
+        if getattr(args, key) is not None:
+            plan[key] = getattr(args, key)
     out = args.out
     torch.set_num_threads(args.threads or 1)  # small tensors: one thread is faster on a shared CPU
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -275,16 +304,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             folder.parent.mkdir(parents=True, exist_ok=True)
             overrides = [f"data={EXPERIMENT}_chains", f"data.embeddings={data['tables'][test][variant]}",
                          f"evaluation.seed={seed}", *extra]  # fmt: skip
-            record = evaluate(source, folder, overrides)
+            record = evaluate(source, folder, overrides, device=args.device)
             per_test.append({k: (math.nan if v is None else float(v)) for k, v in record["metrics"].items()})
         scores[name] = per_test
         return per_test
 
     with stages("baselines"):  # the true dynamics and a frozen model, on each test chain
-        per_test: dict[str, list[dict[str, float]]] = {"langevin": [], "frozen": []}
+        per_test: dict[str, list[dict[str, float]]] = {}
         for test, seed in tests:
             for name, result in baselines(data["tables"][test]["forcefield"], seed, extra).items():
-                per_test[name].append(result)
+                per_test.setdefault(name, []).append(result)
         for name, results in per_test.items():
             scores[name] = results
             everything.rows += _rows(name, 0, None, results)
@@ -297,7 +326,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with stages(f"pretrain {variant}"):
             run_dir = out / "pretrain" / variant
             overrides = [f"data.embeddings={data['tables']['pretrain'][variant]}",
-                         f"trainer.max_steps={plan['pretrain_steps']}", "seed=0"]  # fmt: skip
+                         f"trainer.max_steps={plan['pretrain_steps']}", "seed=0", *plan["set"]]  # fmt: skip
             val[f"pretrain_{variant}"] = train(overrides, run_dir)
             exports[variant] = pfm_export(last_checkpoint(run_dir), out / "export" / variant)
         with stages(f"zero-shot {variant}"):
@@ -315,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"data.embeddings={data['tables']['finetune']['forcefield']}",
                     f"data.num_chains={n}", "data.refresh_fraction=0.0",
                     f"trainer.max_steps={plan['finetune_steps']}", "task.scheduler.warmup_steps=10",
-                    f"seed={seed}",
+                    f"seed={seed}", *plan["set"],
                 ]  # fmt: skip
                 if arm == "pretrained":
                     overrides.append(f"init_from={exports['forcefield']}")
@@ -331,6 +360,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timing = write_summary(
         out, everything, stages, command=command,
         extra={"plan": plan, "sequences": data["sets"], "alphabets": data["alphabets"], "val": val},
+        metric="value",  # the window column names the chain metric
     )  # fmt: skip
     (out / "scores.json").write_text(json.dumps(scores, indent=1) + "\n")
     (out / "chains.md").write_text(chain_table(everything, val, plan))
@@ -350,7 +380,7 @@ def chain_table(results: Results, val: dict[str, dict[str, float]], plan: dict[s
     table = results.table()
     cells = {(r["arm"], r["N"], r["window"]): r for r in table}
     keys = list(dict.fromkeys((r["arm"], r["N"]) for r in table))
-    order = ["langevin", "frozen", *(f"zero-shot {v}" for v in VARIANTS), *ARMS]
+    order = ["langevin", "langevin other sequence", "frozen", *(f"zero-shot {v}" for v in VARIANTS), *ARMS]
     keys.sort(key=lambda k: (k[1], order.index(k[0]) if k[0] in order else 99))
     head = (
         "| arm | N | seeds | " + " | ".join(METRICS) + " | val/loss |\n|" + "---|" * (len(METRICS) + 4) + "\n"
