@@ -67,7 +67,6 @@ QUICK = {
     "trajectory_frames": 10,  # 4 context + 6 rollout steps
     "windows": "1,2-6",
 }
-GRID = 32
 TRAIN_TRAJECTORIES = 32  # the largest N
 VALID_TRAJECTORIES = 2
 
@@ -98,7 +97,7 @@ def trajectories(family: str, count: int, frames: int, n: int, seed: int) -> np.
     return torch.stack([state.window(row, frames) for row in range(count)]).numpy()
 
 
-def write_held_out(folder: Path, frames: int, test: int, log_dir: Path) -> Path:
+def write_held_out(folder: Path, frames: int, test: int, log_dir: Path, grid: int = 32) -> Path:
     """The held-out family as a dataset in The Well's layout (``pfm data convert``); returns its folder."""
     from datagen.cli import load_family
     from datagen.fields import field_names
@@ -109,7 +108,7 @@ def write_held_out(folder: Path, frames: int, test: int, log_dir: Path) -> Path:
         return dataset
     counts = {"train": TRAIN_TRAJECTORIES, "valid": VALID_TRAJECTORIES, "test": test}
     parts = [
-        trajectories(HELD_OUT, count, frames, GRID, derive_seed(0, f"foundation-gphyt-{split}"))
+        trajectories(HELD_OUT, count, frames, grid, derive_seed(0, f"foundation-gphyt-{split}"))
         for split, count in counts.items()
     ]
     arrays = np.concatenate(parts)  # (trajectories, frames, C, n, n)
@@ -117,7 +116,7 @@ def write_held_out(folder: Path, frames: int, test: int, log_dir: Path) -> Path:
     assert names == ("vorticity",), names
     np.save(folder / "vorticity.npy", arrays[:, :, 0].astype(np.float32))
     spec = load_family(HELD_OUT)
-    last = (spec.length or 1.0) * (GRID - 1) / GRID
+    last = (spec.length or 1.0) * (grid - 1) / grid
     first = 0
     splits = {}
     for split, count in counts.items():
@@ -150,12 +149,13 @@ def pretrain(out: Path, steps: int, pretrained: Path | None, args: Any) -> Path:
         return export
     if pretrained is None:
         overrides = [
-            "experiment=gphyt_demo",
+            f"experiment={args.pretrain_experiment}",
             f"trainer.max_steps={steps}",
             f"trainer.val_check_interval={steps}",
             f"checkpoint_every_n_steps={steps}",
             "+trainer.num_sanity_val_steps=0",
             "seed=0",
+            *args.pretrain_set,
         ]
         pretrained = pfm_train(
             overrides, out / "pretrain", threads=args.threads, in_process=not args.subprocess
@@ -179,6 +179,7 @@ def finetune(
         f"trainer.val_check_interval={steps}",
         f"checkpoint_every_n_steps={steps}",
         f"seed={seed}",
+        *args.finetune_set,
     ]
     if init_from is not None:
         overrides.append(f"init_from={init_from}")
@@ -208,13 +209,36 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="export this experiment=gphyt_demo checkpoint instead of pretraining (e.g. a demo run of yours)",
     )
+    parser.add_argument(
+        "--pretrain-experiment", default="gphyt_demo", help="experiment= of pretraining (default gphyt_demo)"
+    )
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (full 1000)")
+    parser.add_argument(
+        "--finetune-steps", type=int, default=None, help="steps of every arm's run (full 150)"
+    )
+    parser.add_argument("--grid", type=int, default=32, help="side of the held-out fields (the model's grid)")
+    parser.add_argument(
+        "--pretrain-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more pfm-train overrides of pretraining",
+    )
+    parser.add_argument(
+        "--finetune-set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides of both arms' runs"
+    )
     args = parse_args(parser, argv)
     sizes = dict(QUICK if args.quick else FULL)
+    for key in ("pretrain_steps", "finetune_steps"):
+        if getattr(args, key) is not None:
+            sizes[key] = getattr(args, key)
     out = args.out
     (out / "eval").mkdir(exist_ok=True)
     stages, results = Stages(), Results()
     with stages("held-out data (pfm-datagen pools, pfm data convert)"):
-        dataset = write_held_out(out, sizes["trajectory_frames"], sizes["test_trajectories"], out / "logs")
+        dataset = write_held_out(
+            out, sizes["trajectory_frames"], sizes["test_trajectories"], out / "logs", args.grid
+        )
     with stages("pretrain + export" if args.pretrained is None else "export (pretraining reused)"):
         export = pretrain(out, sizes["pretrain_steps"], args.pretrained, args)
     with stages("zero-shot evaluate"):
@@ -233,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         out / "error_vs_n.png",
         title=f"GPhyT on held-out {HELD_OUT}: fine-tuned from pretraining vs scratch (zero-shot: no training)",
         yscale="log",
+        styles={"zero-shot": ("C2", "--", "^")},
     )
     command = "python benchmarks/foundation/gphyt.py " + " ".join(argv if argv is not None else sys.argv[1:])
     timing = write_summary(out, results, stages, command=command, extra={"sizes": sizes})
