@@ -2,9 +2,10 @@
 
 One command runs the whole experiment (docs/foundation.md, "Tadpole"):
 1. **Data of the held-out family** (written to files): 3D incompressible Navier-Stokes (velocity, 3 channels),
-   `navier_stokes_velocity` of pfm's generator on a 32^3 periodic grid (dt 0.005, 4 solver steps per frame),
-   coarse-grained to 16^3 by 2x2x2 averaging, `--frames` frames per trajectory; saved as arrays and turned into a
-   dataset in The Well's layout by `pfm data convert` (train: max N trajectories, valid, test).
+   `navier_stokes_velocity` of pfm's generator on a 32^3 periodic grid (dt 0.005, 4 solver steps a frame),
+   averaged over 2x2x2 cells to 16^3 (`--grid`: the files' grid, the simulation at twice it), `--frames`
+   frames a trajectory; saved as arrays and made a dataset in The Well's layout by `pfm data convert`
+   (train: the largest N trajectories, valid, test).
 2. **Pretraining**: `pfm-train experiment=tadpole_pretrain` (Tadpole-S autoencoder) on online single-channel
    16^3 crops of 32^3 fields of the eight families of `conf/data/tadpole_pretrain_crops.yaml` (Navier-Stokes
    velocity is not among them); `pfm export` of its last checkpoint. One pretraining run serves every seed.
@@ -12,7 +13,7 @@ One command runs the whole experiment (docs/foundation.md, "Tadpole"):
    dynamics head (LoRA rank 32 on the frozen autoencoder, zero-initialised skips and latent transformer) on the
    first N training trajectories; **scratch** arm: the same command without `init_from` and with
    `head.freeze_base=false` (the same network, every weight trained from random initialisation), the same
-   data, steps, batch and learning rate. N in --n, seeds in --seeds (seed = the run's `seed=`).
+   data, steps, batch and learning rates (1e-3; the skip scales 1e-2 in both). N in --n, seeds in --seeds.
 4. **Scoring**: `pfm evaluate` of every last checkpoint on the test split (rollouts from the first frame,
    VRMSE per window, mean and median over test trajectories, persistence and mean baselines).
 5. table.md / table.csv (over seeds), results.csv (every model), error_vs_n.png, timing.json, summary.md.
@@ -20,6 +21,7 @@ One command runs the whole experiment (docs/foundation.md, "Tadpole"):
 Usage (from a clone, with the venv's python):
     python benchmarks/foundation/tadpole.py --quick --out /tmp/ft_tadpole_quick     # N 2, 8; seed 0
     nice -n 5 python benchmarks/foundation/tadpole.py --out /tmp/ft_tadpole         # N 2, 8, 32; seeds 0, 1, 2
+    # one GPU: the command in docs/foundation.md, "Tadpole" (--grid 32 --device cuda, longer runs)
 Sizes can be made smaller still (the test does) with --pretrain-steps, --finetune-steps, --frames, --test.
 """
 
@@ -47,7 +49,7 @@ from _common import (
 )
 
 FAMILY = "navier_stokes_velocity"  # the held-out family; tadpole_pretrain_crops does not hold it
-SIM_N, FIELD_N = 32, 16  # simulation grid, grid of the files (2x2x2 averages)
+GRID = 16  # grid of the files (--grid); the simulation runs at twice it and is averaged 2x2x2
 DATA_SEED = 19  # the held-out trajectories (ICs, viscosities) do not change with the fine-tuning seed
 # mode -> sizes; --pretrain-steps etc. override them
 SIZES = {
@@ -57,8 +59,19 @@ SIZES = {
 WINDOWS = "1,2-4,5-8"  # rollout windows of pfm evaluate (cut where the trajectories end)
 
 
-def write_dataset(out: Path, num_train: int, num_valid: int, num_test: int, frames: int) -> Path:
-    """Held-out Navier-Stokes trajectories, (traj, frames, 16, 16, 16, 3), as a Well-layout dataset in `out`."""
+def write_dataset(
+    out: Path,
+    num_train: int,
+    num_valid: int,
+    num_test: int,
+    frames: int,
+    grid: int = GRID,
+    device: str = "cpu",
+) -> Path:
+    """Held-out Navier-Stokes trajectories, (traj, frames, grid, grid, grid, 3), as a Well-layout dataset in `out`.
+
+    Simulated on a (2 grid)^3 periodic grid on `device` and averaged over 2x2x2 cells.
+    """
     import numpy as np
     import torch
     import yaml
@@ -69,16 +82,18 @@ def write_dataset(out: Path, num_train: int, num_valid: int, num_test: int, fram
     # 0.02 time units a frame: dt 0.005 (CFL 0.48 at the amplitude 3 of the family's limits), 4 steps
     spec = dataclasses.replace(load_family(FAMILY), dt=0.005, substeps=4)
     total = num_train + num_valid + num_test
-    pool = ShardPool([spec], n=SIM_N, num_trajectories=total, refresh_fraction=0.0, seed=DATA_SEED)
+    pool = ShardPool(
+        [spec], n=2 * grid, num_trajectories=total, refresh_fraction=0.0, seed=DATA_SEED, device=device
+    )
     states = []
     for step in range(frames):
         if step:
             pool.advance()
-        field = pool.families[0].current  # (traj, 3, 32, 32, 32)
+        field = pool.families[0].current  # (traj, 3, 2 grid, 2 grid, 2 grid)
         states.append(torch.nn.functional.avg_pool3d(field, 2))
     if pool.num_rejected:
         raise RuntimeError(f"{pool.num_rejected} trajectories blew up and were replaced; lower dt.")
-    velocity = torch.stack(states, 1).permute(0, 1, 3, 4, 5, 2).contiguous().numpy().astype(np.float32)
+    velocity = torch.stack(states, 1).permute(0, 1, 3, 4, 5, 2).cpu().numpy().astype(np.float32)
     src = out.with_name(out.name + "_arrays")
     src.mkdir(parents=True, exist_ok=True)
     np.save(src / "velocity.npy", velocity)
@@ -111,12 +126,20 @@ def last_logged(metrics_csv: Path, key: str) -> float | None:
     return float(values[-1]) if values else None
 
 
-def pretrain_overrides(steps: int) -> list[str]:
-    """pfm-train overrides of the pretraining run: Tadpole-S VAE on 16^3 crops of eight 32^3 families."""
+def merge_overrides(*groups: list[str]) -> list[str]:
+    """Hydra overrides, a later `key=value` replacing an earlier one of the same key (in its place)."""
+    merged: dict[str, str] = {}
+    for override in (o for group in groups for o in group):
+        merged[override.split("=", 1)[0]] = override
+    return list(merged.values())
+
+
+def pretrain_overrides(steps: int, grid: int = GRID) -> list[str]:
+    """pfm-train overrides of the pretraining run: Tadpole-S VAE on grid^3 crops of eight (2 grid)^3 families."""
     return [
         "experiment=tadpole_pretrain",
-        f"data.n={SIM_N}",
-        f"data.crop={FIELD_N}",
+        f"data.n={2 * grid}",
+        f"data.crop={grid}",
         "data.batch_size=8",
         "data.num_trajectories=2",
         "data.batches_per_advance=4",
@@ -177,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, help="frames per trajectory (9: rollouts of 8 steps)")
     parser.add_argument("--test", type=int, help="test trajectories (quick 4, full 8)")
     parser.add_argument(
+        "--grid", type=int, default=GRID, help="grid of the files and crops (16; 32 on a GPU)"
+    )
+    parser.add_argument("--device", default="cpu", help="data generation and pfm evaluate (cpu, cuda)")
+    parser.add_argument(
         "--export",
         type=Path,
         help="start both arms' comparisons from this `pfm export` folder: no pretraining",
@@ -209,11 +236,19 @@ def main(argv: list[str] | None = None) -> int:
 
     with stages("data"):
         dataset = write_dataset(
-            out / "data", max(args.n_values), sizes["valid"], sizes["test"], sizes["frames"]
+            out / "data",
+            max(args.n_values),
+            sizes["valid"],
+            sizes["test"],
+            sizes["frames"],
+            args.grid,
+            args.device,
         )
     if args.export is None:
         with stages("pretrain"):
-            overrides = [*pretrain_overrides(sizes["pretrain_steps"]), *args.pretrain_set]
+            overrides = merge_overrides(
+                pretrain_overrides(sizes["pretrain_steps"], args.grid), args.pretrain_set
+            )
             ckpt = pfm_train(overrides, out / "pretrain", **how)
         with stages("export"):
             export = pfm_export(ckpt, out / "export", in_process=not args.subprocess)
@@ -227,22 +262,27 @@ def main(argv: list[str] | None = None) -> int:
             for arm in ARMS:
                 name = f"{arm}_n{n}_s{seed}"
                 with stages(name):
-                    overrides = [
-                        *finetune_overrides(
+                    overrides = merge_overrides(
+                        finetune_overrides(
                             arm, dataset, n, seed, sizes["finetune_steps"], export, sizes["frames"]
                         ),
-                        *args.finetune_set,
-                    ]
+                        args.finetune_set,
+                    )
                     last = pfm_train(overrides, out / "runs" / name, **how)
                     record = evaluate(
-                        last, out / "eval" / name, as_command=args.subprocess, steps=steps, windows=WINDOWS
+                        last,
+                        out / "eval" / name,
+                        as_command=args.subprocess,
+                        steps=steps,
+                        windows=WINDOWS,
+                        device=args.device,
                     )
                 results.add(arm, n, seed, record)
                 results.write(out)  # the table so far, in case a later run fails
     plot_error_vs_n(
         results,
         out / "error_vs_n.png",
-        title=f"Tadpole-S dynamics on held-out 3D Navier-Stokes (16^3): pretrained ({sizes['pretrain_steps']} "
+        title=f"Tadpole-S dynamics on held-out 3D Navier-Stokes ({args.grid}^3): pretrained ({sizes['pretrain_steps']} "
         f"steps) + LoRA vs scratch, {sizes['finetune_steps']} steps each",
     )
     timing = write_summary(
