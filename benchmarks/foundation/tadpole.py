@@ -200,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, help="frames per trajectory (9: rollouts of 8 steps)")
     parser.add_argument("--test", type=int, help="test trajectories (quick 4, full 8)")
     parser.add_argument(
+        "--train-trajectories",
+        type=int,
+        help="training trajectories generated (default: the largest N); the test trajectories follow them in one "
+        "pool, so the same value (32 for the full mode) gives the same test set",
+    )
+    parser.add_argument(
         "--grid", type=int, default=GRID, help="grid of the files and crops (16; 32 on a GPU)"
     )
     parser.add_argument("--device", default="cpu", help="data generation and pfm evaluate (cpu, cuda)")
@@ -237,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     with stages("data"):
         dataset = write_dataset(
             out / "data",
-            max(args.n_values),
+            args.train_trajectories or max(args.n_values),
             sizes["valid"],
             sizes["test"],
             sizes["frames"],
