@@ -173,7 +173,7 @@ def finetune_overrides(
         "data.num_workers=0",
         "data.num_val_samples=2",
         # the four zero-initialised skip scales at 10x the lr (docs/own_data.md's example): at 1e-3 they reach
-        # about 0.04 in 40 steps, and both arms stayed far above persistence (one-step VRMSE 0.68-0.86 vs 0.31)
+        # about 0.04 in 40 steps, and both arms stayed far above persistence (one-step VRMSE 0.56-0.86 vs 0.31)
         "finetune.param_groups=[{pattern: skip_scales, lr: 1.0e-2}]",
         f"seed={seed}",
         f"trainer.max_steps={steps}",
