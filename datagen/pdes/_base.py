@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -140,6 +141,34 @@ def cell_reynolds(speed: float, diffusivity: float, grid: Grid) -> Limit:
         MAX_CELL_REYNOLDS,
         f"use diffusivity >= {need:.3g} or n >= {int(grid.n * value / MAX_CELL_REYNOLDS) + 2}",
     )
+
+
+def interface_width(name: str, value: float, first_order_coefficient: float, grid: Grid) -> Limit:
+    """Phase-field interfaces of width ``sqrt(value / |c1|)`` span at least half a grid cell."""
+    width = math.sqrt(value / max(abs(first_order_coefficient), 1e-30))
+    return Limit(
+        f"interface width sqrt({name} / |c1|) / dx",
+        width / grid.dx,
+        0.5,
+        f"use {name} >= {abs(first_order_coefficient) * (0.5 * grid.dx) ** 2:.3g} or more grid points",
+        upper=False,
+    )
+
+
+def forcing_mode(injection_mode: float, grid: Grid) -> list[Limit]:
+    """The forcing mode of the Kolmogorov families: at least 1, and resolved (at most n / 6)."""
+    mode = round(injection_mode)
+    return [
+        Limit(
+            "injection_mode", mode, grid.n // 6, f"use injection_mode <= {grid.n // 6} or more grid points"
+        ),
+        Limit("injection_mode", mode, 1, "use injection_mode >= 1", upper=False),
+    ]
+
+
+def nonpositive_drag(drag: float) -> Limit:
+    """``drag <= 0``: a linear damping, never a source."""
+    return Limit("drag (a positive drag pumps energy into every mode)", drag, 0.0, "use drag <= 0")
 
 
 def check_limits(

@@ -11,30 +11,22 @@ nu 1e-4-1e-3, c1 = 1, c3 = -1, dt 0.01-0.1.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
 from datagen.nonlinear import polynomial
-from datagen.pdes._base import PDE, Limit, nonnegative, register, stiffness
+from datagen.pdes._base import Limit, interface_width, nonnegative, register, stiffness
+from datagen.pdes._common import PhaseField
 from datagen.spectral import Grid, SpectralOps
 
 
-def scale_to_unit_interval(u: torch.Tensor) -> torch.Tensor:
-    """Divide each sample of ``(batch, channels, *grid)`` by its largest |u|, so that u lies in [-1, 1]."""
-    dims = tuple(range(1, u.ndim))
-    return u / u.abs().amax(dim=dims, keepdim=True).clamp_min(1e-12)
-
-
 @register
-class AllenCahn(PDE):
+class AllenCahn(PhaseField):
     """``u_t = nu Δu + c1 u + c3 u^3``."""
 
     name = "allen_cahn"
     coefficients = {"diffusivity": 5e-3, "first_order_coefficient": 1.0, "third_order_coefficient": -1.0}
-    amplitude = 1.0
-    dealias = 0.5
 
     def linear(
         self,
@@ -52,10 +44,6 @@ class AllenCahn(PDE):
         """``c3 u^3``."""
         return polynomial(ops, [0.0, 0.0, 0.0, third_order_coefficient])
 
-    def admissible(self, u: torch.Tensor, ops: SpectralOps) -> torch.Tensor:
-        """Scale into [-1, 1]."""
-        return scale_to_unit_interval(u)
-
     def limits(
         self,
         grid: Grid,
@@ -66,7 +54,6 @@ class AllenCahn(PDE):
         third_order_coefficient: float,
     ) -> list[Limit]:
         """Bounded cubic, explicit rate, resolved interfaces."""
-        width = math.sqrt(diffusivity / max(abs(first_order_coefficient), 1e-30))
         return [
             nonnegative("diffusivity", diffusivity),
             Limit(
@@ -76,11 +63,5 @@ class AllenCahn(PDE):
                 "use third_order_coefficient <= 0",
             ),
             stiffness(3 * third_order_coefficient * self.amplitude**2, dt, order, "cubic reaction"),
-            Limit(
-                "interface width sqrt(diffusivity / |c1|) / dx",
-                width / grid.dx,
-                0.5,
-                f"use diffusivity >= {abs(first_order_coefficient) * (0.5 * grid.dx) ** 2:.3g} or more grid points",
-                upper=False,
-            ),
+            interface_width("diffusivity", diffusivity, first_order_coefficient, grid),
         ]

@@ -12,19 +12,18 @@ nu 1e-3-1e-2, gamma 1e-4-1e-3, dt 1e-3-5e-3.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
 from datagen.nonlinear import polynomial
-from datagen.pdes._base import PDE, Limit, nonnegative, register, stiffness
-from datagen.pdes.allen_cahn import scale_to_unit_interval
+from datagen.pdes._base import Limit, interface_width, nonnegative, register, stiffness
+from datagen.pdes._common import PhaseField
 from datagen.spectral import Grid, SpectralOps
 
 
 @register
-class CahnHilliard(PDE):
+class CahnHilliard(PhaseField):
     """``u_t = nu c1 Δu - nu gamma Δ²u + nu Δ(c3 u^3)``."""
 
     name = "cahn_hilliard"
@@ -34,8 +33,6 @@ class CahnHilliard(PDE):
         "first_order_coefficient": -1.0,
         "third_order_coefficient": 1.0,
     }
-    amplitude = 1.0
-    dealias = 0.5
 
     def linear(
         self,
@@ -62,10 +59,6 @@ class CahnHilliard(PDE):
         # nu * lap formed on every call: nu is live (a pool writes new values into it in place)
         return lambda u_hat: (diffusivity * lap) * cubic(u_hat)
 
-    def admissible(self, u: torch.Tensor, ops: SpectralOps) -> torch.Tensor:
-        """Scale into [-1, 1]."""
-        return scale_to_unit_interval(u)
-
     def limits(
         self,
         grid: Grid,
@@ -78,7 +71,6 @@ class CahnHilliard(PDE):
     ) -> list[Limit]:
         """Nonnegative coefficients, explicit nonlinear diffusion rate, resolved interfaces."""
         k2 = grid.num_spatial_dims * grid.max_wavenumber(self.dealias) ** 2
-        width = math.sqrt(gamma / max(abs(first_order_coefficient), 1e-30))
         return [
             nonnegative("diffusivity", diffusivity),
             nonnegative("gamma", gamma),
@@ -89,11 +81,5 @@ class CahnHilliard(PDE):
                 order,
                 "nonlinear diffusion",
             ),
-            Limit(
-                "interface width sqrt(gamma / |c1|) / dx",
-                width / grid.dx,
-                0.5,
-                f"use gamma >= {abs(first_order_coefficient) * (0.5 * grid.dx) ** 2:.3g} or more grid points",
-                upper=False,
-            ),
+            interface_width("gamma", gamma, first_order_coefficient, grid),
         ]

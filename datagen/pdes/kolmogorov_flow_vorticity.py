@@ -16,14 +16,14 @@ from collections.abc import Callable
 import torch
 
 from datagen.nonlinear import vorticity_convection
-from datagen.pdes._base import PDE, Limit, register
-from datagen.pdes.kolmogorov_flow_velocity import injection_mode_limits, kolmogorov_forcing
-from datagen.pdes.navier_stokes_vorticity import vorticity_limits
+from datagen.pdes._base import Limit, forcing_mode, register
+from datagen.pdes._common import kolmogorov_forcing
+from datagen.pdes.navier_stokes_vorticity import NavierStokesVorticity
 from datagen.spectral import Grid, SpectralOps
 
 
 @register
-class KolmogorovFlowVorticity(PDE):
+class KolmogorovFlowVorticity(NavierStokesVorticity):
     """``w_t = -b (u . grad) w + lambda w + nu Δw + f``."""
 
     name = "kolmogorov_flow_vorticity"
@@ -34,13 +34,6 @@ class KolmogorovFlowVorticity(PDE):
         "injection_mode": 4.0,
         "injection_scale": 1.0,
     }
-    supported_dims = (2,)
-
-    def linear(
-        self, ops: SpectralOps, diffusivity: torch.Tensor, drag: torch.Tensor, **_: torch.Tensor
-    ) -> torch.Tensor:
-        """``-nu |k|^2 + lambda``."""
-        return diffusivity * ops.laplacian + drag
 
     def nonlinear(
         self,
@@ -67,6 +60,6 @@ class KolmogorovFlowVorticity(PDE):
     ) -> list[Limit]:
         """Vorticity limits and a resolved forcing mode."""
         return [
-            *vorticity_limits(self.amplitude, grid, dt, order, diffusivity, convection_scale, drag),
-            *injection_mode_limits(injection_mode, grid),
+            *super().limits(grid, dt, order, diffusivity, convection_scale, drag),
+            *forcing_mode(injection_mode, grid),
         ]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from datagen.nonlinear import leray_project, projected_rotational_convection
-from datagen.pdes._base import PDE, Limit, cell_reynolds, cfl, nonnegative, register
+from datagen.pdes._base import PDE, Limit, cell_reynolds, cfl, nonnegative, nonpositive_drag, register
 from datagen.spectral import Grid, SpectralOps
 
 
@@ -39,7 +39,9 @@ class NavierStokesVelocity(PDE):
     supported_dims = (2, 3)
     is_vector = True
 
-    def linear(self, ops: SpectralOps, diffusivity: torch.Tensor, drag: torch.Tensor) -> torch.Tensor:
+    def linear(
+        self, ops: SpectralOps, diffusivity: torch.Tensor, drag: torch.Tensor, **_: torch.Tensor
+    ) -> torch.Tensor:
         """``-nu |k|^2 + lambda``."""
         return diffusivity * ops.laplacian + drag
 
@@ -53,16 +55,9 @@ class NavierStokesVelocity(PDE):
 
     def limits(self, grid: Grid, dt: float, order: int, diffusivity: float, drag: float) -> list[Limit]:
         """Nonnegative viscosity, nonpositive drag, resolved dissipation range, CFL."""
-        return velocity_limits(self.amplitude, grid, dt, order, diffusivity, drag)
-
-
-def velocity_limits(
-    amplitude: float, grid: Grid, dt: float, order: int, diffusivity: float, drag: float
-) -> list[Limit]:
-    """Limits shared by the velocity-form Navier-Stokes families."""
-    return [
-        nonnegative("diffusivity", diffusivity),
-        Limit("drag (a positive drag pumps energy into every mode)", drag, 0.0, "use drag <= 0"),
-        cell_reynolds(amplitude, diffusivity, grid),
-        cfl(amplitude, grid, dt, order, "convection"),
-    ]
+        return [
+            nonnegative("diffusivity", diffusivity),
+            nonpositive_drag(drag),
+            cell_reynolds(self.amplitude, diffusivity, grid),
+            cfl(self.amplitude, grid, dt, order, "convection"),
+        ]

@@ -16,20 +16,8 @@ from collections.abc import Callable
 import torch
 
 from datagen.nonlinear import vorticity_convection
-from datagen.pdes._base import PDE, Limit, cfl, nonnegative, register
+from datagen.pdes._base import PDE, Limit, cfl, nonnegative, nonpositive_drag, register
 from datagen.spectral import Grid, SpectralOps
-
-
-def vorticity_limits(
-    amplitude: float, grid: Grid, dt: float, order: int, diffusivity: float, scale: float, drag: float
-) -> list[Limit]:
-    """Limits shared by the 2D vorticity families."""
-    speed = abs(scale) * amplitude * grid.length / (2 * math.pi)
-    return [
-        nonnegative("diffusivity", diffusivity),
-        Limit("drag (a positive drag pumps energy into every mode)", drag, 0.0, "use drag <= 0"),
-        cfl(speed, grid, dt, order, "convection"),
-    ]
 
 
 @register
@@ -62,6 +50,9 @@ class NavierStokesVorticity(PDE):
         drag: float,
     ) -> list[Limit]:
         """Nonnegative viscosity, nonpositive drag, CFL."""
-        return vorticity_limits(
-            self.amplitude, grid, dt, order, diffusivity, vorticity_convection_scale, drag
-        )
+        speed = abs(vorticity_convection_scale) * self.amplitude * grid.length / (2 * math.pi)
+        return [
+            nonnegative("diffusivity", diffusivity),
+            nonpositive_drag(drag),
+            cfl(speed, grid, dt, order, "convection"),
+        ]
