@@ -21,7 +21,7 @@ import torch
 from datagen.md.chains import ChainSystem, ForceField, langevin_step, make_chains
 from datagen.seeding import generator
 
-__all__ = ["ChainPool", "random_rotations"]
+__all__ = ["ChainPool", "centre", "random_rotations"]
 
 
 def random_rotations(num: int, g: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
