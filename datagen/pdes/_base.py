@@ -143,14 +143,27 @@ def cell_reynolds(speed: float, diffusivity: float, grid: Grid) -> Limit:
     )
 
 
-def interface_width(name: str, value: float, first_order_coefficient: float, grid: Grid) -> Limit:
-    """Phase-field interfaces of width ``sqrt(value / |c1|)`` span at least half a grid cell."""
-    width = math.sqrt(value / max(abs(first_order_coefficient), 1e-30))
+def nonpositive(name: str, value: float, why: str) -> Limit:
+    """``value <= 0``."""
+    return Limit(f"{name} ({why})", value, 0.0, f"use {name} <= 0")
+
+
+def positive(name: str, value: float, why: str) -> Limit:
+    """``value > 0`` (at least 1e-12)."""
+    return Limit(f"{name} ({why})", value, 1e-12, f"use {name} > 0", upper=False)
+
+
+def resolved_width(width: str, coefficient: str, value: float, rate: float, grid: Grid) -> Limit:
+    """A length scale ``sqrt(value / rate)`` (interface, front, pattern) spans at least half a grid cell.
+
+    ``width`` names it in the message (``"front width sqrt(diffusivity / reactivity)"``), ``coefficient``
+    is what the fix raises.
+    """
     return Limit(
-        f"interface width sqrt({name} / |c1|) / dx",
-        width / grid.dx,
+        f"{width} / dx",
+        math.sqrt(value / max(rate, 1e-30)) / grid.dx,
         0.5,
-        f"use {name} >= {abs(first_order_coefficient) * (0.5 * grid.dx) ** 2:.3g} or more grid points",
+        f"use {coefficient} >= {rate * (0.5 * grid.dx) ** 2:.3g} or more grid points",
         upper=False,
     )
 
@@ -164,11 +177,6 @@ def forcing_mode(injection_mode: float, grid: Grid) -> list[Limit]:
         ),
         Limit("injection_mode", mode, 1, "use injection_mode >= 1", upper=False),
     ]
-
-
-def nonpositive_drag(drag: float) -> Limit:
-    """``drag <= 0``: a linear damping, never a source."""
-    return Limit("drag (a positive drag pumps energy into every mode)", drag, 0.0, "use drag <= 0")
 
 
 def check_limits(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from datagen.nonlinear import polynomial
-from datagen.pdes._base import Limit, interface_width, nonnegative, register, stiffness
+from datagen.pdes._base import Limit, nonnegative, nonpositive, register, resolved_width, stiffness
 from datagen.pdes._common import PhaseField
 from datagen.spectral import Grid, SpectralOps
 
@@ -56,12 +56,13 @@ class AllenCahn(PhaseField):
         """Bounded cubic, explicit rate, resolved interfaces."""
         return [
             nonnegative("diffusivity", diffusivity),
-            Limit(
-                "third_order_coefficient (a positive cubic blows up)",
-                third_order_coefficient,
-                0.0,
-                "use third_order_coefficient <= 0",
-            ),
+            nonpositive("third_order_coefficient", third_order_coefficient, "a positive cubic blows up"),
             stiffness(3 * third_order_coefficient * self.amplitude**2, dt, order, "cubic reaction"),
-            interface_width("diffusivity", diffusivity, first_order_coefficient, grid),
+            resolved_width(
+                "interface width sqrt(diffusivity / |c1|)",
+                "diffusivity",
+                diffusivity,
+                abs(first_order_coefficient),
+                grid,
+            ),
         ]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from datagen.nonlinear import polynomial
-from datagen.pdes._base import Limit, interface_width, nonnegative, register, stiffness
+from datagen.pdes._base import Limit, nonnegative, register, resolved_width, stiffness
 from datagen.pdes._common import PhaseField
 from datagen.spectral import Grid, SpectralOps
 
@@ -81,5 +81,7 @@ class CahnHilliard(PhaseField):
                 order,
                 "nonlinear diffusion",
             ),
-            interface_width("gamma", gamma, first_order_coefficient, grid),
+            resolved_width(
+                "interface width sqrt(gamma / |c1|)", "gamma", gamma, abs(first_order_coefficient), grid
+            ),
         ]

@@ -10,13 +10,12 @@ a unit box at n = 64: nu 1e-4-1e-3, r 1-20, dt 0.005-0.02.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
 from datagen.nonlinear import polynomial
-from datagen.pdes._base import PDE, Limit, nonnegative, register, stiffness
+from datagen.pdes._base import PDE, Limit, nonnegative, register, resolved_width, stiffness
 from datagen.spectral import Grid, SpectralOps
 
 
@@ -46,16 +45,11 @@ class FisherKPP(PDE):
 
     def limits(self, grid: Grid, dt: float, order: int, diffusivity: float, reactivity: float) -> list[Limit]:
         """Nonnegative coefficients, explicit reaction rate, resolved fronts."""
-        width = math.sqrt(diffusivity / max(reactivity, 1e-30))
         return [
             nonnegative("diffusivity", diffusivity),
             nonnegative("reactivity", reactivity),
             stiffness(2 * reactivity, dt, order, "reaction"),
-            Limit(
-                "front width sqrt(diffusivity / reactivity) / dx",
-                width / grid.dx,
-                0.5,
-                f"use diffusivity >= {reactivity * (0.5 * grid.dx) ** 2:.3g} or more grid points",
-                upper=False,
+            resolved_width(
+                "front width sqrt(diffusivity / reactivity)", "diffusivity", diffusivity, reactivity, grid
             ),
         ]

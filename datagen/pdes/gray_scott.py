@@ -13,12 +13,11 @@ n = 64: nu1 1e-4-2e-4 with nu2 = nu1 / 2, f 0.025-0.04, k 0.056-0.061 (higher f 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
-from datagen.pdes._base import PDE, Limit, nonnegative, register, stiffness
+from datagen.pdes._base import PDE, Limit, nonnegative, register, resolved_width, stiffness
 from datagen.spectral import Grid, SpectralOps
 
 
@@ -82,18 +81,17 @@ class GrayScott(PDE):
         kill_rate: float,
     ) -> list[Limit]:
         """Nonnegative coefficients, explicit reaction, resolved patterns."""
-        width = math.sqrt(min(diffusivity_1, diffusivity_2) / max(feed_rate + kill_rate, 1e-30))
         return [
             nonnegative("diffusivity_1", diffusivity_1),
             nonnegative("diffusivity_2", diffusivity_2),
             nonnegative("feed_rate", feed_rate),
             nonnegative("kill_rate", kill_rate),
             stiffness(2 * self.amplitude**2, dt, order, "u v^2 reaction"),
-            Limit(
-                "pattern scale sqrt(min diffusivity / (feed_rate + kill_rate)) / dx",
-                width / grid.dx,
-                0.5,
-                f"use diffusivities >= {(feed_rate + kill_rate) * (0.5 * grid.dx) ** 2:.3g} or more grid points",
-                upper=False,
+            resolved_width(
+                "pattern scale sqrt(min diffusivity / (feed_rate + kill_rate))",
+                "diffusivities",
+                min(diffusivity_1, diffusivity_2),
+                feed_rate + kill_rate,
+                grid,
             ),
         ]

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from datagen.nonlinear import gradient_norm
-from datagen.pdes._base import PDE, Limit, cfl, register
+from datagen.pdes._base import PDE, Limit, cfl, positive, register
 from datagen.spectral import Grid, SpectralOps
 
 
@@ -57,15 +57,7 @@ class KuramotoSivashinsky(PDE):
         fourth_order_scale: float,
     ) -> list[Limit]:
         """Positive fourth-order damping, resolved unstable band, CFL of the linearized gradient term."""
-        out = [
-            Limit(
-                "fourth_order_scale (must damp short waves)",
-                fourth_order_scale,
-                1e-12,
-                "use fourth_order_scale > 0",
-                upper=False,
-            )
-        ]
+        out = [positive("fourth_order_scale", fourth_order_scale, "must damp short waves")]
         if fourth_order_scale > 0 and second_order_scale > 0:
             need = 3 * math.sqrt(second_order_scale / fourth_order_scale)
             out.append(

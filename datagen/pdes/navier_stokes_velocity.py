@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from datagen.nonlinear import leray_project, projected_rotational_convection
-from datagen.pdes._base import PDE, Limit, cell_reynolds, cfl, nonnegative, nonpositive_drag, register
+from datagen.pdes._base import PDE, Limit, cell_reynolds, cfl, nonnegative, nonpositive, register
 from datagen.spectral import Grid, SpectralOps
 
 
@@ -57,7 +57,7 @@ class NavierStokesVelocity(PDE):
         """Nonnegative viscosity, nonpositive drag, resolved dissipation range, CFL."""
         return [
             nonnegative("diffusivity", diffusivity),
-            nonpositive_drag(drag),
+            nonpositive("drag", drag, "a positive drag pumps energy into every mode"),
             cell_reynolds(self.amplitude, diffusivity, grid),
             cfl(self.amplitude, grid, dt, order, "convection"),
         ]

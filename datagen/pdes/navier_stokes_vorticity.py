@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from datagen.nonlinear import vorticity_convection
-from datagen.pdes._base import PDE, Limit, cfl, nonnegative, nonpositive_drag, register
+from datagen.pdes._base import PDE, Limit, cfl, nonnegative, nonpositive, register
 from datagen.spectral import Grid, SpectralOps
 
 
@@ -53,6 +53,6 @@ class NavierStokesVorticity(PDE):
         speed = abs(vorticity_convection_scale) * self.amplitude * grid.length / (2 * math.pi)
         return [
             nonnegative("diffusivity", diffusivity),
-            nonpositive_drag(drag),
+            nonpositive("drag", drag, "a positive drag pumps energy into every mode"),
             cfl(speed, grid, dt, order, "convection"),
         ]

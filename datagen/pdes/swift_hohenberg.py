@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from datagen.nonlinear import polynomial
-from datagen.pdes._base import PDE, Limit, register, stiffness
+from datagen.pdes._base import PDE, Limit, nonpositive, positive, register, stiffness
 from datagen.spectral import Grid, SpectralOps
 
 
@@ -67,19 +67,8 @@ class SwiftHohenberg(PDE):
         rate = 2 * abs(quadratic_coefficient) * a + 3 * abs(cubic_coefficient) * a * a
         resolved = grid.max_wavenumber(self.dealias) / 3
         return [
-            Limit(
-                "cubic_coefficient (a positive cubic blows up)",
-                cubic_coefficient,
-                0.0,
-                "use cubic_coefficient <= 0",
-            ),
-            Limit(
-                "critical_number (pattern wavenumber is sqrt of it)",
-                critical_number,
-                1e-12,
-                "use critical_number > 0",
-                upper=False,
-            ),
+            nonpositive("cubic_coefficient", cubic_coefficient, "a positive cubic blows up"),
+            positive("critical_number", critical_number, "pattern wavenumber is sqrt of it"),
             stiffness(rate, dt, order, "polynomial reaction"),
             Limit(
                 "pattern wavenumber sqrt(critical_number)",
