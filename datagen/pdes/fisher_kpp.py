@@ -16,6 +16,7 @@ import torch
 
 from datagen.nonlinear import polynomial
 from datagen.pdes._base import PDE, Limit, nonnegative, register, resolved_width, stiffness
+from datagen.pdes._common import normalize_min_max
 from datagen.spectral import Grid, SpectralOps
 
 
@@ -39,9 +40,7 @@ class FisherKPP(PDE):
 
     def admissible(self, u: torch.Tensor, ops: SpectralOps) -> torch.Tensor:
         """Rescale each sample to [0, 1]."""
-        dims = tuple(range(1, u.ndim))
-        low, high = u.amin(dim=dims, keepdim=True), u.amax(dim=dims, keepdim=True)
-        return (u - low) / (high - low).clamp_min(1e-12)
+        return normalize_min_max(u)
 
     def limits(self, grid: Grid, dt: float, order: int, diffusivity: float, reactivity: float) -> list[Limit]:
         """Nonnegative coefficients, explicit reaction rate, resolved fronts."""

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from datagen.pdes._base import PDE, Limit, nonnegative, register, resolved_width, stiffness
+from datagen.pdes._common import normalize_min_max
 from datagen.spectral import Grid, SpectralOps
 
 
@@ -63,11 +64,7 @@ class GrayScott(PDE):
 
     def admissible(self, u: torch.Tensor, ops: SpectralOps) -> torch.Tensor:
         """From a seed field (channel 0, rescaled to [0, 1]) to ``(1 - s/2, s/4)``."""
-        s = u[:, :1]
-        dims = tuple(range(1, s.ndim))
-        s = (s - s.amin(dim=dims, keepdim=True)) / (
-            s.amax(dim=dims, keepdim=True) - s.amin(dim=dims, keepdim=True)
-        ).clamp_min(1e-12)
+        s = normalize_min_max(u[:, :1])
         return torch.cat((1 - 0.5 * s, 0.25 * s), dim=1)
 
     def limits(
