@@ -12,7 +12,6 @@ pickled code from a file (:mod:`pfm.unpickle`).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,12 +20,11 @@ from torch import nn
 
 from pfm.checkpoints.download import cache_root, fetch
 from pfm.checkpoints.export import network_weights, training_state_dict
-from pfm.checkpoints.registry import get_entry, load_registry
+from pfm.checkpoints.registry import NAME_PATTERN, get_entry, load_registry
 from pfm.models.strict import load_strict
 from pfm.unpickle import read_safetensors, safe_load, state_dict_from
 
 __all__ = [
-    "NAME_PATTERN",
     "entry_folder",
     "foreign_state",
     "is_registry_name",
@@ -35,8 +33,6 @@ __all__ = [
 ]
 
 _TORCH_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin")
-# a registry entry's name (registry.py checks the same when reading a registry file)
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:

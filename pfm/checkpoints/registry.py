@@ -39,6 +39,7 @@ from pfm.paths import BUNDLED_REGISTRY, CONF_DIR
 __all__ = [
     "BUNDLED_REGISTRY",
     "FAMILIES",
+    "NAME_PATTERN",
     "STATUSES",
     "Entry",
     "FileSpec",
@@ -67,7 +68,8 @@ _OPTIONAL = (
 )
 _FILE_KEYS = ("url", "sha256", "num_bytes", "revision")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# a registry entry's name: checked when a registry file is read, and by pfm.checkpoints.pretrained on a source
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ def _check_family(source: Path, name: str, family: str, model: str) -> None:
 
 
 def _parse_entry(source: Path, name: Any, raw: Any) -> Entry:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ValueError(
             f"{source}: entry name {name!r} is not valid; use letters, digits, '.', '_' and '-' (e.g. tadpole-s)."
         )

@@ -5,20 +5,5 @@ R_ee and Rg histograms, TICA free-energy MAE, coverage, Chapman-Kolmogorov), ``r
 ``free_energy``, ``free_energy_mae``, ``chapman_kolmogorov``, ``distance_features``.
 """
 
-from pfm.evaluation.chains import (
-    chapman_kolmogorov,
-    distance_features,
-    evaluate_chains,
-    free_energy,
-    free_energy_mae,
-    reference_run,
-)
-
-__all__ = [
-    "chapman_kolmogorov",
-    "distance_features",
-    "evaluate_chains",
-    "free_energy",
-    "free_energy_mae",
-    "reference_run",
-]
+from pfm.evaluation.chains import *  # noqa: F403 - the package's names are chains' public names
+from pfm.evaluation.chains import __all__  # noqa: F401 - one list of them, kept in pfm.evaluation.chains

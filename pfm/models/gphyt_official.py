@@ -44,6 +44,15 @@ _TOKENIZER = "tokenizer.tokenizer.to_patch_embedding.1."
 _DETOKENIZER = "detokenizer.detokenizer.from_patch_embedding.1."
 _PE = "init_pos_encodings.pe"
 _STENCIL = (-1.0, 0.0, 1.0)
+# a block's layers whose weight and bias are the official ones as they are: (pfm name, official name); the
+# attention's q/k/v projection is the one layer converted (folded into to_qkv / in_proj, see load_official)
+_BLOCK_LAYERS = (
+    ("attn.proj", "attention.attention.out_proj"),
+    ("norm1", "norm1"),
+    ("norm2", "norm2"),
+    ("mlp.fc1", "mlp.mlp.0"),
+    ("mlp.fc2", "mlp.mlp.2"),
+)
 
 
 def official_tensors(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -200,14 +209,7 @@ def load_official(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
             )
             block.attn.qkv.weight.copy_(folded)
             block.attn.qkv.bias.copy_(sd[b + "attention.attention.in_proj_bias"])
-            block.attn.proj.weight.copy_(sd[b + "attention.attention.out_proj.weight"])
-            block.attn.proj.bias.copy_(sd[b + "attention.attention.out_proj.bias"])
-            for ours, theirs in (
-                ("norm1", "norm1"),
-                ("norm2", "norm2"),
-                ("mlp.fc1", "mlp.mlp.0"),
-                ("mlp.fc2", "mlp.mlp.2"),
-            ):
+            for ours, theirs in _BLOCK_LAYERS:
                 module = block.get_submodule(ours)
                 module.weight.copy_(sd[f"{b}{theirs}.weight"])
                 module.bias.copy_(sd[f"{b}{theirs}.bias"])
@@ -234,14 +236,7 @@ def to_official(model: nn.Module) -> dict[str, torch.Tensor]:
         out[b + "attention.to_qkv.weight"] = identity.clone()
         out[b + "attention.attention.in_proj_weight"] = block.attn.qkv.weight.detach().clone()
         out[b + "attention.attention.in_proj_bias"] = block.attn.qkv.bias.detach().clone()
-        out[b + "attention.attention.out_proj.weight"] = block.attn.proj.weight.detach().clone()
-        out[b + "attention.attention.out_proj.bias"] = block.attn.proj.bias.detach().clone()
-        for ours, theirs in (
-            ("norm1", "norm1"),
-            ("norm2", "norm2"),
-            ("mlp.fc1", "mlp.mlp.0"),
-            ("mlp.fc2", "mlp.mlp.2"),
-        ):
+        for ours, theirs in _BLOCK_LAYERS:
             module = block.get_submodule(ours)
             out[f"{b}{theirs}.weight"] = module.weight.detach().clone()
             out[f"{b}{theirs}.bias"] = module.bias.detach().clone()

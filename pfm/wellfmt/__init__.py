@@ -9,30 +9,13 @@
 It imports numpy, h5py and yaml only (no torch, no Lightning), so ``pfm data`` starts fast; the training reader
 (:mod:`pfm.data.well`) builds on :class:`WellFile`. See docs/own_data.md.
 
-Public names: ``FIELD_GROUPS``, ``SPLITS``, ``PROBLEM_KINDS``, ``WARNING_KINDS``, ``Finding``, ``FieldInfo``,
-``WellFile``, ``check_file``, ``check_stats``, ``check_dataset``.
+Public names: those of :mod:`~pfm.wellfmt.layout` (``FIELD_GROUPS``, ``SPLITS``, ``PROBLEM_KINDS``,
+``WARNING_KINDS``, ``BC_TYPES``, ``Finding``, ``FieldInfo``, ``WellFile``, ``channel_names``, ``split_files``) and
+of :mod:`~pfm.wellfmt.check` (``check_file``, ``check_stats``, ``check_dataset``).
 """
 
-from pfm.wellfmt.check import check_dataset, check_file, check_stats
-from pfm.wellfmt.layout import (
-    FIELD_GROUPS,
-    PROBLEM_KINDS,
-    SPLITS,
-    WARNING_KINDS,
-    FieldInfo,
-    Finding,
-    WellFile,
-)
+from pfm.wellfmt import check, layout
+from pfm.wellfmt.check import *  # noqa: F403 - the package's names are its modules' public names
+from pfm.wellfmt.layout import *  # noqa: F403
 
-__all__ = [
-    "FIELD_GROUPS",
-    "PROBLEM_KINDS",
-    "SPLITS",
-    "WARNING_KINDS",
-    "FieldInfo",
-    "Finding",
-    "WellFile",
-    "check_dataset",
-    "check_file",
-    "check_stats",
-]
+__all__ = [*layout.__all__, *check.__all__]
