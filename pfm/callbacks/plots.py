@@ -20,7 +20,7 @@ import lightning as L
 import torch
 
 from pfm.evaluation import evaluate_chains
-from pfm.io import atomic_path
+from pfm.figures import pyplot, save_png
 
 __all__ = [
     "ChainEvaluation",
@@ -32,16 +32,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("pfm.callbacks")
-
-
-def _figure():
-    # imported when drawing: matplotlib takes seconds to import, and needs the Agg backend chosen before pyplot
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 class LossCurvePlot(L.Callback):
@@ -63,7 +53,7 @@ class LossCurvePlot(L.Callback):
         """Write the curve (rank 0 only)."""
         if not trainer.is_global_zero or not self.losses:
             return
-        plt = _figure()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(self.steps, self.losses, lw=1)
         ax.set_yscale("log")
@@ -71,9 +61,7 @@ class LossCurvePlot(L.Callback):
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        with atomic_path(self.path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
+        save_png(fig, self.path)
 
     def state_dict(self) -> dict[str, list]:
         """The recorded curve, so that a resumed run plots all of it."""
@@ -184,7 +172,7 @@ def _validation_loader(trainer: L.Trainer):
 
 def write_panels(rows: dict[str, torch.Tensor], path: Path) -> None:
     """Draw ``{label: (N, H, W)}`` as a grid of images, one row per label, and save it atomically as PNG."""
-    plt = _figure()
+    plt = pyplot()
     labels = list(rows)
     num_cols = rows[labels[0]].shape[0]
     fig, axes = plt.subplots(
@@ -201,9 +189,7 @@ def write_panels(rows: dict[str, torch.Tensor], path: Path) -> None:
             if col == 0:
                 ax.set_ylabel(label)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def write_error_curve(curve: dict[str, list[list[float]]], path: Path) -> None:
@@ -211,7 +197,7 @@ def write_error_curve(curve: dict[str, list[list[float]]], path: Path) -> None:
 
     ``curve[source][step]`` holds sums ``[nRMSE, VRMSE, count, persistence nRMSE]`` over samples.
     """
-    plt = _figure()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for name, rows in curve.items():
         steps = [k + 1 for k, r in enumerate(rows) if r[2] > 0]
@@ -226,6 +212,4 @@ def write_error_curve(curve: dict[str, list[list[float]]], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)

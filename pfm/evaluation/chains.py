@@ -23,6 +23,7 @@ from torch import nn
 from datagen.md import ForceField, centre, end_to_end, langevin_step, make_chains, radius_of_gyration
 from datagen.seeding import generator
 from pfm.embeddings import residue_ids
+from pfm.figures import pyplot, save_png
 from pfm.io import atomic_path
 
 __all__ = [
@@ -260,12 +261,7 @@ def _hist_l1(ref: torch.Tensor, model: torch.Tensor, num_bins: int = 20) -> floa
 
 def plot_fes(path: Path, f_ref, f_model, edges, results, distributions) -> None:
     """Reference and model free-energy surfaces side by side, and the R_ee / Rg histograms below."""
-    # imported when drawing: matplotlib takes seconds to import, and needs the Agg backend chosen before pyplot
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     finite = np.concatenate([f_ref[np.isfinite(f_ref)], f_model[np.isfinite(f_model)]])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     fig, axes = plt.subplots(2, 2, figsize=(9, 8))
@@ -297,6 +293,4 @@ def plot_fes(path: Path, f_ref, f_model, edges, results, distributions) -> None:
         f"free-energy MAE {results['fes_mae_kcal']:.2f} kcal/mol, coverage {results['coverage']:.2f}, "
         f"CK TV {results['ck_model_tv']:.2f}"
     )
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_png(fig, path, dpi=90)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from pfm.evaluation.metrics import clip_windows, field_errors, window_scores
+from pfm.figures import pyplot, save_png
 from pfm.io import atomic_path
 
 __all__ = [
@@ -216,22 +217,9 @@ def markdown_table(results: Mapping[str, Any], models: Sequence[str], fields: Se
     return "\n".join(lines) + "\n"
 
 
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt  # imported when drawing: matplotlib takes seconds to import
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
 def plot_error_vs_step(results: Mapping[str, Any], path: Path) -> None:
     """VRMSE and nRMSE (mean over trajectories, all fields) against rollout step, one line per forecaster."""
-    # imported when drawing: matplotlib takes seconds to import, and needs the Agg backend chosen before pyplot
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, metric in zip(axes, METRICS, strict=True):
         for name, curves in results["per_step"].items():
@@ -244,7 +232,7 @@ def plot_error_vs_step(results: Mapping[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _plane(x: torch.Tensor) -> torch.Tensor:
@@ -257,12 +245,7 @@ def plot_rollout(
     truth: torch.Tensor, prediction: torch.Tensor, field: str, path: Path, max_columns: int = 6
 ) -> None:
     """One field of one rollout beside the truth: ``(S, *spatial)`` each, up to ``max_columns`` steps."""
-    # imported when drawing: matplotlib takes seconds to import, and needs the Agg backend chosen before pyplot
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     truth, prediction = _plane(truth.double().cpu()), _plane(prediction.double().cpu())
     s = truth.shape[0]
     steps = sorted({round(i * (s - 1) / max(min(max_columns, s) - 1, 1)) for i in range(min(max_columns, s))})
@@ -279,7 +262,7 @@ def plot_rollout(
             if j == 0:
                 ax.set_ylabel(f"{label} {field}", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def write_json(path: Path, record: Mapping[str, Any]) -> None:
