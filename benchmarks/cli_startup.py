@@ -22,6 +22,7 @@ COMMANDS = [
     ["pfm", "info"],
     ["pfm", "data", "--help"],
     ["pfm", "sample", "--help"],
+    ["pfm", "evaluate", "--help"],
     ["pfm-datagen", "--help"],
     ["pfm-datagen", "list"],
 ]

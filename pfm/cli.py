@@ -3,7 +3,9 @@
 Each subcommand group lives beside the code it drives and registers itself through an ``add_parser(sub)``
 function in its module; ``COMMANDS`` below names that module and the one-line help of each subcommand, so a
 new command is one entry here and one module there. Only the chosen subcommand's module is imported: ``pfm
---help`` imports no torch, Lightning or Hydra, and ``pfm data check`` only what ``pfm.wellfmt`` needs.
+--help`` imports no torch, Lightning or Hydra, and ``pfm data check`` only what ``pfm.wellfmt`` needs. A
+command whose code loads them (``pfm sample``, ``pfm evaluate``: :mod:`pfm.commands`) sets ``func`` to a
+``"module:function"`` string, which is imported only when the command runs, so its ``--help`` stays cheap.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -33,10 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "launch": ("pfm.launch", "submit a training run to a cluster scheduler (SLURM)"),
     "embed": ("pfm.embeddings.cli", "per-residue pLM embeddings of a FASTA file -> .safetensors table"),
-    "sample": ("pfm.sample", "roll out TITO/PLaTITO trajectories from a start structure"),
+    "sample": ("pfm.commands", "roll out TITO/PLaTITO trajectories from a start structure"),
     "data": ("pfm.wellfmt.commands", "check, convert and compute stats of datasets in The Well's layout"),
     "evaluate": (
-        "pfm.evaluate",
+        "pfm.commands",
         "score a checkpoint: rollouts vs the truth, persistence and mean baselines (docs/evaluate.md)",
     ),
 }
@@ -68,7 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(_command(argv)).parse_args(argv)
-    return args.func(args)
+    return _function(args.func)(args)
+
+
+def _function(func: Callable[[argparse.Namespace], int] | str) -> Callable[[argparse.Namespace], int]:
+    """``func`` itself, or the function that a ``"module:function"`` string names, imported now."""
+    if not isinstance(func, str):
+        return func
+    module, name = func.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ Writes ``metrics.json``, ``metrics.md`` (printed too), ``error_vs_step.png`` and
 PLaTITO/TITO checkpoints run :func:`pfm.evaluation.evaluate_chains` (free-energy MAE, coverage,
 Chapman-Kolmogorov) on the checkpoint's online chains instead (settings: ``evaluation.KEY=VALUE``).
 
-Public names: ``add_parser``, ``evaluate``, ``evaluate_checkpoint`` (the command from Python: issue 19's recipes),
-``load_for_evaluation``.
+Public names: ``run`` (the command; its arguments are in :mod:`pfm.commands`), ``evaluate``,
+``evaluate_checkpoint`` (the command from Python: issue 19's recipes), ``load_for_evaluation``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from datagen.fields import field_names
 from datagen.seeding import derive_seed
 from pfm.build import load_pretrained, load_tito
 from pfm.checkpoints import read_checkpoint
+from pfm.commands import add_parser
 from pfm.data.well_dataset import WellDataset
 from pfm.evaluation import evaluate_chains
 from pfm.evaluation.metrics import parse_windows
@@ -62,7 +63,7 @@ from pfm.models.rollout import rollout
 from pfm.paths import CONF_DIR
 from pfm.tasks import DynamicsTask, NextFrameTask
 
-__all__ = ["add_parser", "evaluate", "evaluate_checkpoint", "load_for_evaluation"]
+__all__ = ["evaluate", "evaluate_checkpoint", "load_for_evaluation", "run"]
 
 _MODELS = ("model", "persistence", "mean")
 
@@ -517,26 +518,7 @@ def evaluate_checkpoint(
     return evaluate(args)
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run `pfm evaluate` with the arguments :mod:`pfm.commands` parsed."""
     evaluate(args)
     return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `pfm evaluate`."""
-    p = sub.add_parser("evaluate")
-    p.add_argument("checkpoint", help="pfm-train .ckpt, `pfm export` folder or registry name")
-    p.add_argument(
-        "overrides", nargs="*", help="data=<choice>, data.KEY=VALUE, evaluation.KEY=VALUE (chains)"
-    )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--split", default="test", help="split of a Well-layout dataset (train, valid, test)")
-    p.add_argument("--context", type=int, help="context frames (default: the data's num_frames)")
-    p.add_argument("--start", type=int, default=0, help="first frame of each trajectory used (Well layout)")
-    p.add_argument("--steps", type=int, help="rollout steps (default: the last window's end, as data allow)")
-    p.add_argument("--windows", default=None, help="rollout windows, e.g. 1,2-5,6-12,13-30 (the default)")
-    p.add_argument("--num-trajectories", type=int, help="at most this many (Well) / this many (online, 16)")
-    p.add_argument("--batch-size", type=int, default=4, help="trajectories rolled out together")
-    p.add_argument("--seed", type=int, help="seed of held-out online data (default: derived from the run's)")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=_run)

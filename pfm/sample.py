@@ -9,7 +9,8 @@ sequence's per-residue embeddings from TABLE (`pfm embed` tables or the official
 amino-acid identity. Writes DIR/trajectories.pt ({"coords": (trajectories, steps + 1, L, 3) nm, ...}) and
 DIR/trajectory_<i>.pdb (multi-model C-alpha PDB) for the first `--pdb-trajectories` trajectories.
 
-Public names: `add_parser`, `read_ca_pdb`, `write_ca_pdb` (the checkpoint is read by `pfm.build.load_tito`).
+Public names: `run` (the command; its arguments are in `pfm.commands`), `read_ca_pdb`, `write_ca_pdb` (the
+checkpoint is read by `pfm.build.load_tito`).
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from datagen.argtypes import at_least, positive
 from pfm.build import load_tito
 from pfm.embeddings import EmbeddingTable, residue_ids
 from pfm.io import atomic_path
 from pfm.models.tito_network import mask_and_zero_com
 
-__all__ = ["OFFICIAL_RESIDUE_IDS", "add_parser", "read_ca_pdb", "write_ca_pdb"]
+__all__ = ["OFFICIAL_RESIDUE_IDS", "read_ca_pdb", "run", "write_ca_pdb"]
 
 THREE_TO_ONE = {
     "ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E", "GLY": "G",
@@ -106,7 +106,8 @@ def _sequence_inputs(model: Any, sequence: str, args: argparse.Namespace, offici
     return {"sequence_emb": emb.float()}
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run `pfm sample` with the arguments :mod:`pfm.commands` parsed."""
     if args.steps < 1 or args.trajectories < 1 or args.flow_steps < 1 or args.lag <= 0:
         raise ValueError(
             f"--steps {args.steps}, --trajectories {args.trajectories}, --flow-steps {args.flow_steps} must be "
@@ -154,29 +155,3 @@ def _run(args: argparse.Namespace) -> int:
     for i in range(min(args.pdb_trajectories, b)):
         print(write_ca_pdb(out / f"trajectory_{i}.pdb", coords[i], sequence))
     return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `pfm sample`."""
-    p = sub.add_parser("sample")
-    p.add_argument("checkpoint", help="official .ckpt, pfm training .ckpt, or `pfm export` folder")
-    p.add_argument("--pdb", required=True, help="start structure (its C-alpha atoms and sequence)")
-    p.add_argument("--embeddings", help="per-residue pLM table (`pfm embed` .safetensors or official .pt)")
-    p.add_argument("--name", help="entry name in an official .pt table (default: the only entry)")
-    p.add_argument("--lag", type=positive(1.0), default=1.0, help="lag per transition, ns")
-    p.add_argument("--temperature", type=positive(300.0), default=300.0, help="K")
-    p.add_argument("--steps", type=at_least(1, 1000), default=1000, help="transitions per trajectory")
-    p.add_argument("--flow-steps", type=at_least(1, 50), default=50, help="Euler steps per transition")
-    p.add_argument(
-        "--trajectories", type=at_least(1, 100), default=100, help="trajectories, all sampled as one batch"
-    )
-    p.add_argument(
-        "--pdb-trajectories",
-        type=at_least(0, 1),
-        default=1,
-        help="how many trajectories to also write as PDB",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=_run)

@@ -1,5 +1,6 @@
-"""`pfm` imports only the chosen subcommand's module: `pfm --help` and `pfm list` load no torch or Lightning,
-and every subcommand of `pfm.cli.COMMANDS` is registered by the module named for it."""
+"""`pfm` imports only the chosen subcommand's module: `pfm --help`, `pfm list` and the `--help` of `pfm sample` and
+`pfm evaluate` load no torch or Lightning, and every subcommand of `pfm.cli.COMMANDS` is registered by the module
+named for it."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ _PROBE = (
 )
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["list"], ["data", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["list"], ["data", "--help"], ["sample", "--help"], ["evaluate", "--help"]]
+)
 def test_light_commands_load_no_torch(argv: list[str]) -> None:
     env = dict(os.environ, PFM_OFFLINE="1")
     out = subprocess.run(

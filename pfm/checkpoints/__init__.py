@@ -13,8 +13,9 @@ Each name is imported from its module on first use (``_HOMES``), so that ``pfm l
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from datagen.lazy import lazy_names
 
 if TYPE_CHECKING:
     from pfm.checkpoints.download import fetch
@@ -66,11 +67,4 @@ __all__ = [
     "safe_load",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """The public name ``name``, imported from its module the first time it is asked for."""
-    if name not in _HOMES:
-        raise AttributeError(f"module 'pfm.checkpoints' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _HOMES)
