@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -42,6 +43,11 @@ DIFFUSION = {
     "log_uniform": ["diffusivity"],
 }
 BURGERS = {"name": "burgers", "dt": 0.002, "coefficients": {"diffusivity": [0.04, 0.06]}}
+
+
+def family_config(name: str, **overrides: object) -> dict:
+    """The shipped family config ``conf/data/pde/<name>.yaml`` as a dict, with ``overrides`` on top."""
+    return {**yaml.safe_load((CONF_DIR / "data" / "pde" / f"{name}.yaml").read_text()), **overrides}
 
 
 # ------------------------------------------------------------------ every test starts from the same state

@@ -8,19 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+from conftest import family_config
 from well_files import make_well_dataset
 
 from datagen.fields import field_names
 from datagen.pdes import get_pde, known_pdes
 from pfm.data import MixedFieldDataModule, OnlineFieldDataModule, WellDataModule
 from pfm.data.fields import remap_fields
-
-CONF = Path(__file__).resolve().parents[1] / "conf" / "data" / "pde"
-
-
-def _family(name: str, **overrides) -> dict:
-    return {**yaml.safe_load((CONF / f"{name}.yaml").read_text()), **overrides}
 
 
 # ----------------------------------------------------------------------------------------------- field names
@@ -47,9 +41,9 @@ def test_one_name_for_one_quantity() -> None:
 def test_online_windows_name_fields_and_mask_absent_ones() -> None:
     dm = OnlineFieldDataModule(
         {
-            "v": _family("navier_stokes_vorticity"),
-            "g": _family("gray_scott", length=0.5, warmup_steps=0, substeps=1),
-            "u": _family("navier_stokes_velocity"),
+            "v": family_config("navier_stokes_vorticity"),
+            "g": family_config("gray_scott", length=0.5, warmup_steps=0, substeps=1),
+            "u": family_config("navier_stokes_velocity"),
         },
         num_spatial_dims=2,
         n=32,
@@ -87,7 +81,7 @@ def test_online_windows_name_fields_and_mask_absent_ones() -> None:
 def test_online_frames_are_stride_solver_frames_apart() -> None:
     # Constant-coefficient diffusion commutes with rolls, flips and axis permutations, so even augmented
     # windows must satisfy frame[j + 1] = solver^(stride * substeps)(frame[j]).
-    family = _family("diffusion", coefficients={"diffusivity": 0.01}, dt=0.01, substeps=2)
+    family = family_config("diffusion", coefficients={"diffusivity": 0.01}, dt=0.01, substeps=2)
     family.pop("log_uniform", None)
     dm = OnlineFieldDataModule(
         {"d": family},
@@ -115,7 +109,7 @@ def test_online_frames_are_stride_solver_frames_apart() -> None:
 
 def test_online_3d_velocity_windows() -> None:
     dm = OnlineFieldDataModule(
-        {"u": _family("navier_stokes_velocity", coefficients={"diffusivity": [0.02, 0.03]})},
+        {"u": family_config("navier_stokes_velocity", coefficients={"diffusivity": [0.02, 0.03]})},
         num_spatial_dims=3,
         n=16,
         num_frames=2,
@@ -132,7 +126,7 @@ def test_online_3d_velocity_windows() -> None:
 def test_bad_strides_are_named() -> None:
     with pytest.raises(ValueError, match="min_stride=3"):
         OnlineFieldDataModule(
-            {"d": _family("diffusion")}, num_spatial_dims=2, n=16, min_stride=3, max_stride=2
+            {"d": family_config("diffusion")}, num_spatial_dims=2, n=16, min_stride=3, max_stride=2
         )
 
 
@@ -216,7 +210,7 @@ def test_mixed_sources_follow_their_weights(tmp_path: Path) -> None:
         "a": WellDataModule(str(tmp_path / "a"), num_frames=2, batch_size=1, rename={"pressure": "density"}),
         "b": WellDataModule(str(tmp_path / "b"), num_frames=2, batch_size=1),
         "online": OnlineFieldDataModule(
-            {"g": _family("gray_scott", length=0.5, warmup_steps=0, substeps=1)},
+            {"g": family_config("gray_scott", length=0.5, warmup_steps=0, substeps=1)},
             num_spatial_dims=2,
             n=16,
             num_frames=2,
@@ -252,7 +246,7 @@ def test_mixed_rejects_inconsistent_sources(tmp_path: Path) -> None:
     make_well_dataset(tmp_path, grid=(8, 6, 4))
     well3d = WellDataModule(str(tmp_path), num_frames=2)
     online2d = OnlineFieldDataModule(
-        {"g": _family("gray_scott", length=0.5, warmup_steps=0, substeps=1)},
+        {"g": family_config("gray_scott", length=0.5, warmup_steps=0, substeps=1)},
         num_spatial_dims=2,
         n=16,
         num_frames=2,

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import pfm_train
+from conftest import family_config, pfm_train
 from recording import fit_recording
 from well_files import make_well_dataset
 
@@ -19,7 +18,6 @@ from pfm.data import MixedFieldDataModule, OnlineFieldDataModule, WellDataModule
 from pfm.data.well import _EpochBatches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-CONF = Path(__file__).resolve().parents[1] / "conf" / "data" / "pde"
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +37,7 @@ def _well(path: Path, **kwargs) -> WellDataModule:
 
 def _mixed(wells: dict[str, Path]) -> MixedFieldDataModule:
     online = OnlineFieldDataModule(
-        {
-            "g": {
-                **yaml.safe_load((CONF / "gray_scott.yaml").read_text()),
-                "length": 0.5,
-                "warmup_steps": 0,
-                "substeps": 1,
-            }
-        },
+        {"g": family_config("gray_scott", length=0.5, warmup_steps=0, substeps=1)},
         num_spatial_dims=2,
         n=16,
         num_frames=2,
