@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from datagen.spectral import Grid
+from datagen.spectral import Grid, as_coefficient
 
 __all__ = [
     "IC_KINDS",
@@ -22,6 +22,8 @@ __all__ = [
     "gaussian_random_field",
     "make_initial_condition",
     "normalize",
+    "normalize_max_abs",
+    "normalize_min_max",
 ]
 
 
@@ -32,9 +34,17 @@ def normalize(u: torch.Tensor, num_spatial_dims: int) -> torch.Tensor:
     return u / u.std(dim=dims, keepdim=True).clamp_min(1e-12)
 
 
-def _per_sample(value: float | torch.Tensor, grid: Grid) -> torch.Tensor:
-    t = torch.as_tensor(value, dtype=torch.float32, device=grid.device)
-    return t.reshape(-1, *([1] * (1 + grid.num_spatial_dims)))
+def normalize_min_max(u: torch.Tensor, num_dims: int) -> torch.Tensor:
+    """Map each slice of ``u`` over its last ``num_dims`` axes linearly onto [0, 1] (min to 0, max to 1)."""
+    dims = tuple(range(-num_dims, 0))
+    low, high = u.amin(dim=dims, keepdim=True), u.amax(dim=dims, keepdim=True)
+    return (u - low) / (high - low).clamp_min(1e-12)
+
+
+def normalize_max_abs(u: torch.Tensor, num_dims: int) -> torch.Tensor:
+    """Divide each slice of ``u`` over its last ``num_dims`` axes by its largest |u|: into [-1, 1]."""
+    dims = tuple(range(-num_dims, 0))
+    return u / u.abs().amax(dim=dims, keepdim=True).clamp_min(1e-12)
 
 
 def gaussian_random_field(
@@ -54,7 +64,7 @@ def gaussian_random_field(
     )
     k2 = -grid.laplacian_symbol()
     k2 = torch.where(k2 == 0, torch.ones_like(k2), k2)
-    amplitude = k2 ** (-_per_sample(powerlaw_exponent, grid) / 4)  # sqrt of |k|^-exponent
+    amplitude = k2 ** (-as_coefficient(powerlaw_exponent, grid) / 4)  # sqrt of |k|^-exponent
     u_hat = grid.fft(noise) * amplitude
     u_hat[(slice(None), slice(None)) + (0,) * grid.num_spatial_dims] = 0
     return normalize(grid.ifft(u_hat), grid.num_spatial_dims)
@@ -77,7 +87,7 @@ def fourier_series(
     imag = torch.randn(shape, generator=generator, device=grid.device)
     modes = [k * grid.length / (2 * math.pi) for k in grid.wavenumbers()]
     largest = torch.stack(torch.broadcast_tensors(*[m.abs() for m in modes])).amax(dim=0)
-    keep = (largest <= _per_sample(max_mode, grid).round()) & (largest > 0)
+    keep = (largest <= as_coefficient(max_mode, grid).round()) & (largest > 0)
     u = grid.ifft(torch.complex(real, imag) * keep)
     return normalize(u, grid.num_spatial_dims)
 
@@ -114,9 +124,7 @@ def blobs(
             delta = delta - torch.round(delta)  # periodic distance in [-1/2, 1/2]
             r2 = r2 + delta**2
         out += torch.exp(-r2 / (2 * widths[:, :, b].reshape(batch, channels, *([1] * d)) ** 2))
-    dims = tuple(range(-d, 0))
-    low, high = out.amin(dim=dims, keepdim=True), out.amax(dim=dims, keepdim=True)
-    return (out - low) / (high - low).clamp_min(1e-12)
+    return normalize_min_max(out, d)
 
 
 IC_KINDS: dict[str, Callable[..., torch.Tensor]] = {

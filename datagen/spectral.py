@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from datagen import fused
 
-__all__ = ["ETDRKStepper", "Grid", "SpectralOps", "etdrk_coefficients", "spectral_ops"]
+__all__ = ["ETDRKStepper", "Grid", "SpectralOps", "as_coefficient", "etdrk_coefficients", "spectral_ops"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,14 @@ class Grid:
         if self.num_spatial_dims == 1:
             return torch.fft.irfft(u_hat, n=self.n, dim=-1)
         return torch.fft.irfft(torch.fft.ifftn(u_hat, dim=self.spatial_axes[:-1]), n=self.n, dim=-1)
+
+
+def as_coefficient(value: float | Sequence[float] | torch.Tensor, grid: Grid) -> torch.Tensor:
+    """A scalar or per-sample ``(batch,)`` value as a float32 tensor ``(batch|1, 1, 1, ...)`` on the grid."""
+    t = torch.as_tensor(value, dtype=torch.float32, device=grid.device)
+    if t.ndim > 1:
+        raise ValueError(f"Coefficient of shape {tuple(t.shape)}; expected a scalar or a (batch,) vector.")
+    return t.reshape(-1, *([1] * (1 + grid.num_spatial_dims)))
 
 
 @dataclass(frozen=True)

@@ -10,17 +10,10 @@ import torch
 
 from datagen.pdes import check_limits, get_pde
 from datagen.pdes._base import PDE
-from datagen.spectral import ETDRKStepper, Grid, spectral_ops
+from datagen.spectral import ETDRKStepper, Grid, as_coefficient, spectral_ops
 
+# as_coefficient (defined in datagen.spectral) stays importable from here, where make_stepper's callers look
 __all__ = ["CheckedStepper", "as_coefficient", "build_stepper", "make_stepper"]
-
-
-def as_coefficient(value: float | Sequence[float] | torch.Tensor, grid: Grid) -> torch.Tensor:
-    """A scalar or per-sample ``(batch,)`` coefficient as a float32 tensor ``(batch|1, 1, 1, ...)``."""
-    t = torch.as_tensor(value, dtype=torch.float32, device=grid.device)
-    if t.ndim > 1:
-        raise ValueError(f"Coefficient of shape {tuple(t.shape)}; expected a scalar or a (batch,) vector.")
-    return t.reshape(-1, *([1] * (1 + grid.num_spatial_dims)))
 
 
 class CheckedStepper(ETDRKStepper):

@@ -1,6 +1,7 @@
-"""What several PDE families share beyond the contract: state normalizations, the phase-field base, a forcing.
+"""What several PDE families share beyond the contract: the phase-field base and the Kolmogorov forcing.
 
-Limit builders live in :mod:`datagen.pdes._base`, nonlinear terms in :mod:`datagen.nonlinear`. A family that
+Limit builders live in :mod:`datagen.pdes._base`, nonlinear terms in :mod:`datagen.nonlinear`, maps of a
+field onto a range (for ``admissible``) in :mod:`datagen.ic`. A family that
 is another one plus a term subclasses that family instead (the Kolmogorov flows subclass Navier-Stokes).
 """
 
@@ -10,23 +11,11 @@ import math
 
 import torch
 
+from datagen.ic import normalize_max_abs
 from datagen.pdes._base import PDE
 from datagen.spectral import SpectralOps
 
-__all__ = ["PhaseField", "kolmogorov_forcing", "normalize_max_abs", "normalize_min_max"]
-
-
-def normalize_max_abs(u: torch.Tensor) -> torch.Tensor:
-    """Divide each sample of ``(batch, channels, *grid)`` by its largest |u|, so that u lies in [-1, 1]."""
-    dims = tuple(range(1, u.ndim))
-    return u / u.abs().amax(dim=dims, keepdim=True).clamp_min(1e-12)
-
-
-def normalize_min_max(u: torch.Tensor) -> torch.Tensor:
-    """Map each sample of ``(batch, channels, *grid)`` linearly onto [0, 1]: minimum to 0, maximum to 1."""
-    dims = tuple(range(1, u.ndim))
-    low, high = u.amin(dim=dims, keepdim=True), u.amax(dim=dims, keepdim=True)
-    return (u - low) / (high - low).clamp_min(1e-12)
+__all__ = ["PhaseField", "kolmogorov_forcing"]
 
 
 class PhaseField(PDE):
@@ -37,7 +26,7 @@ class PhaseField(PDE):
 
     def admissible(self, u: torch.Tensor, ops: SpectralOps) -> torch.Tensor:
         """Scale into [-1, 1]."""
-        return normalize_max_abs(u)
+        return normalize_max_abs(u, u.ndim - 1)  # per sample, over channels and grid
 
 
 def kolmogorov_forcing(

@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import torch
 
+from datagen.ic import normalize_min_max
 from datagen.nonlinear import polynomial
 from datagen.pdes._base import PDE, Limit, nonnegative, register, resolved_width, stiffness
-from datagen.pdes._common import normalize_min_max
 from datagen.spectral import Grid, SpectralOps
 
 
@@ -40,7 +40,7 @@ class FisherKPP(PDE):
 
     def admissible(self, u: torch.Tensor, ops: SpectralOps) -> torch.Tensor:
         """Rescale each sample to [0, 1]."""
-        return normalize_min_max(u)
+        return normalize_min_max(u, u.ndim - 1)  # per sample, over channels and grid
 
     def limits(self, grid: Grid, dt: float, order: int, diffusivity: float, reactivity: float) -> list[Limit]:
         """Nonnegative coefficients, explicit reaction rate, resolved fronts."""

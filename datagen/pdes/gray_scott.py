@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import torch
 
+from datagen.ic import normalize_min_max
 from datagen.pdes._base import PDE, Limit, nonnegative, register, resolved_width, stiffness
-from datagen.pdes._common import normalize_min_max
 from datagen.spectral import Grid, SpectralOps
 
 
@@ -64,7 +64,7 @@ class GrayScott(PDE):
 
     def admissible(self, u: torch.Tensor, ops: SpectralOps) -> torch.Tensor:
         """From a seed field (channel 0, rescaled to [0, 1]) to ``(1 - s/2, s/4)``."""
-        s = normalize_min_max(u[:, :1])
+        s = normalize_min_max(u[:, :1], u.ndim - 1)
         return torch.cat((1 - 0.5 * s, 0.25 * s), dim=1)
 
     def limits(
