@@ -16,6 +16,7 @@ checkpoint is read by `pfm.build.load_tito`).
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ from tqdm import tqdm
 from pfm.build import load_tito
 from pfm.embeddings import EmbeddingTable, residue_ids
 from pfm.io import atomic_path
-from pfm.models.tito_network import mask_and_zero_com
 
 __all__ = ["OFFICIAL_RESIDUE_IDS", "read_ca_pdb", "run", "write_ca_pdb"]
 
@@ -126,17 +126,18 @@ def run(args: argparse.Namespace) -> int:
     temp = torch.full((b,), float(args.temperature), device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     x = x0.to(device)[None].expand(b, n, 3)
-    steps = tqdm(range(args.steps), desc="transitions", unit="step")
     with torch.no_grad():
-        frames = [mask_and_zero_com(x, mask)]
-        for _ in steps:
-            nxt = model.sample(frames[-1], mask, lag, temp, steps=args.flow_steps, generator=gen, **kw)
-            if not torch.isfinite(nxt).all():
-                raise FloatingPointError(
-                    f"transition {len(frames)} produced non-finite coordinates; stopping."
-                )
-            frames.append(nxt)
-    coords = torch.stack(frames, dim=1).cpu()  # (trajectories, steps + 1, L, 3)
+        coords = model.rollout(
+            x,
+            mask,
+            lag,
+            temp,
+            num_transitions=args.steps,
+            steps=args.flow_steps,
+            generator=gen,
+            progress=partial(tqdm, desc="transitions", unit="step"),
+            **kw,
+        ).cpu()  # (trajectories, steps + 1, L, 3)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {

@@ -26,6 +26,7 @@ Public names: `PLaTITO`, `PLATITO_SIZES`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -322,11 +323,16 @@ class PLaTITO(nn.Module):
         num_transitions: int = 1,
         steps: int = 50,
         generator: torch.Generator | None = None,
+        progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
     ) -> torch.Tensor:
-        """Trajectories (B, num_transitions + 1, L, 3): frame 0 is x_0 centred, each next frame one transition."""
+        """Trajectories (B, num_transitions + 1, L, 3): frame 0 is x_0 centred, each next frame one transition.
+
+        ``progress`` wraps the loop over transitions (``pfm sample`` passes a tqdm bar).
+        """
         x = mask_and_zero_com(x_0, mask)
         frames = [x]
-        for _ in range(num_transitions):
+        transitions: Iterable[int] = range(num_transitions)
+        for _ in transitions if progress is None else progress(transitions):
             x = self.sample(
                 x, mask, lag, temperature, sequence_emb, residue_ids, steps=steps, generator=generator
             )
