@@ -110,13 +110,7 @@ class AutoencoderTask(Task):
         x = batch["input"]
         err = sample_errors(nrmse(self.model(x), x, channel_dim=1), batch.get("channel_mask"))
         self.log("val/nrmse", err.mean(), prog_bar=True, batch_size=x.shape[0], sync_dist=True)
-        if "pde" in batch and self.pde_names:
-            for index, name in enumerate(self.pde_names):
-                mask = batch["pde"] == index
-                if mask.any():
-                    self.log(
-                        f"val/nrmse/{name}", err[mask].mean(), batch_size=int(mask.sum()), sync_dist=True
-                    )
+        self.log_per_pde("val/nrmse", err, batch, sync_dist=True)
 
     @torch.no_grad()
     def example_panels(self, batch: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:

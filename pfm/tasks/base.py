@@ -48,6 +48,15 @@ class Task(L.LightningModule):
                 "(task.optimizer.lr) or enable gradient clipping (trainer.gradient_clip_val)."
             )
 
+    def log_per_pde(self, key: str, errors: torch.Tensor, batch: Mapping[str, Any], **options: Any) -> None:
+        """Log ``<key>/<family>``: the mean of ``errors`` (one per sample) over each PDE family's samples."""
+        if "pde" not in batch or not self.pde_names:
+            return
+        for index, name in enumerate(self.pde_names):
+            mask = batch["pde"] == index
+            if mask.any():
+                self.log(f"{key}/{name}", errors[mask].mean(), batch_size=int(mask.sum()), **options)
+
     def set_param_groups(self, groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Use optimizer options per name pattern (:func:`pfm.tasks.finetune.group_parameters`); the groups.
 

@@ -83,11 +83,7 @@ class DynamicsTask(Task):
             if step == 0:
                 self.log("val/nrmse", err.mean(), prog_bar=True, batch_size=b, sync_dist=True)
         final = err_at(predicted.shape[1] - 1)
-        if "pde" in batch and self.pde_names:
-            for index, name in enumerate(self.pde_names):
-                mask = batch["pde"] == index
-                if mask.any():
-                    self.log(f"val/rollout_nrmse/{name}", final[mask].mean(), batch_size=int(mask.sum()))
+        self.log_per_pde("val/rollout_nrmse", final, batch)
 
     @torch.no_grad()
     def example_panels(self, batch: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
