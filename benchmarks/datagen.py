@@ -28,7 +28,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from datagen.bench import _sync, pool_throughput, solver_throughput  # noqa: E402
+from datagen.bench import TABLE_HEADER, _sync, family_row, solver_throughput  # noqa: E402
 from datagen.cli import load_family  # noqa: E402
 from datagen.pdes import check_limits, get_pde, known_pdes  # noqa: E402
 from datagen.spectral import Grid  # noqa: E402
@@ -212,9 +212,9 @@ def main() -> None:
                 )
     if args.compare_only:
         return
-    print(f"\n{'pde':28s} {'n':>4s} {'M gp-updates/s':>15s} {'crops/s':>9s} {'MiB/sample':>10s}")
+    print(f"\n{TABLE_HEADER}")
     for n in args.n:
-        for name in [p for p in known_pdes() if 3 in get_pde(p).supported_dims]:
+        for name in known_pdes(3):
             spec = load_family(name)
             try:  # a config's ranges are chosen for some grid sizes; say so instead of failing the table
                 check_limits(
@@ -226,33 +226,17 @@ def main() -> None:
                     f"({str(error).split(': ', 1)[1][:80]}...)"
                 )
                 continue
-            coefficients = {
-                k: (v[0] if isinstance(v, (list, tuple)) else v) for k, v in spec.coefficients.items()
-            }
-            solver = solver_throughput(
-                name,
+            row = family_row(
+                spec,
                 n=n,
                 batch=args.batch,
                 num_steps=max(2, args.steps // 4),
-                dt=spec.dt,
-                length=spec.length or 1.0,
-                coefficients=coefficients,
+                crop=32,
+                num_batches=2,
                 repeats=1,
                 device=args.device,
             )
-            pool = pool_throughput(
-                spec,
-                n=n,
-                crop=32,
-                batch=args.batch,
-                num_trajectories=args.batch,
-                num_batches=2,
-                device=args.device,
-            )
-            print(
-                f"{name:28s} {n:4d} {solver['gp_updates_per_s'] / 1e6:15.2f} {pool['crops_per_s']:9.1f} {pool['bytes_per_sample'] / 2**20:10.2f}",
-                flush=True,
-            )
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from datagen.pool import FamilySpec, ShardPool
 from datagen.spectral import Grid
 from datagen.stepper import make_stepper
 
-__all__ = ["pool_throughput", "solver_throughput"]
+__all__ = ["TABLE_HEADER", "family_row", "pool_throughput", "solver_throughput"]
 
 
 def _sync(device: str) -> None:
@@ -93,3 +93,39 @@ def pool_throughput(
         "crops_per_s": batch * num_batches / seconds,
         "bytes_per_sample": pool.memory_bytes() / num_trajectories,
     }
+
+
+# The family table of `pfm-datagen bench` and benchmarks/datagen.py: a header, then one family_row a family.
+TABLE_HEADER = f"{'pde':28s} {'n':>4s} {'M gp-updates/s':>15s} {'crops/s':>9s} {'MiB/sample':>10s}"
+
+
+def family_row(
+    spec: FamilySpec,
+    *,
+    n: int,
+    batch: int,
+    num_steps: int,
+    crop: int,
+    num_batches: int,
+    repeats: int = 2,
+    device: str = "cpu",
+) -> str:
+    """One row under :data:`TABLE_HEADER`: the solver at each coefficient range's low end, a one-family pool."""
+    solver = solver_throughput(
+        spec.name,
+        n=n,
+        batch=batch,
+        num_steps=num_steps,
+        dt=spec.dt,
+        length=spec.length or 1.0,
+        coefficients={k: (v[0] if isinstance(v, (list, tuple)) else v) for k, v in spec.coefficients.items()},
+        repeats=repeats,
+        device=device,
+    )
+    pool = pool_throughput(
+        spec, n=n, crop=crop, batch=batch, num_trajectories=batch, num_batches=num_batches, device=device
+    )
+    return (
+        f"{spec.name:28s} {n:4d} {solver['gp_updates_per_s'] / 1e6:15.2f} {pool['crops_per_s']:9.1f} "
+        f"{pool['bytes_per_sample'] / 2**20:10.2f}"
+    )

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from datagen.argtypes import at_least
-from datagen.bench import pool_throughput, solver_throughput
+from datagen.bench import TABLE_HEADER, family_row
 from datagen.pdes import get_pde, known_pdes
 from datagen.pool import FamilySpec
 from datagen.shards import write_shards
@@ -114,31 +114,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = args.pde or [p for p in known_pdes() if 3 in get_pde(p).supported_dims]
-    print(f"{'pde':28s} {'n':>4s} {'M gp-updates/s':>15s} {'crops/s':>9s} {'MiB/sample':>10s}")
-    for name in names:
+    print(TABLE_HEADER)
+    for name in args.pde or known_pdes(3):
         spec = load_family(name, args.config_dir)
-        solver = solver_throughput(
-            name,
-            n=args.n,
-            batch=args.batch,
-            num_steps=args.steps,
-            dt=spec.dt,
-            length=spec.length or 1.0,
-            coefficients={
-                k: (v[0] if isinstance(v, (list, tuple)) else v) for k, v in spec.coefficients.items()
-            },
-        )
-        pool = pool_throughput(
-            spec,
-            n=args.n,
-            crop=min(args.crop, args.n),
-            batch=args.batch,
-            num_trajectories=args.batch,
-            num_batches=3,
-        )
         print(
-            f"{name:28s} {args.n:4d} {solver['gp_updates_per_s'] / 1e6:15.2f} {pool['crops_per_s']:9.1f} {pool['bytes_per_sample'] / 2**20:10.2f}"
+            family_row(
+                spec,
+                n=args.n,
+                batch=args.batch,
+                num_steps=args.steps,
+                crop=min(args.crop, args.n),
+                num_batches=3,
+            )
         )
     return 0
 

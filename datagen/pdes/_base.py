@@ -224,9 +224,9 @@ def register(cls: type[PDE]) -> type[PDE]:
     return cls
 
 
-def known_pdes() -> list[str]:
-    """Sorted names of all registered PDE families."""
-    return sorted(_REGISTRY)
+def known_pdes(num_spatial_dims: int | None = None) -> list[str]:
+    """Sorted names of the registered PDE families (those defined in ``num_spatial_dims``, when given)."""
+    return sorted(k for k, v in _REGISTRY.items() if num_spatial_dims in (None, *v.supported_dims))
 
 
 def get_pde(name: str) -> PDE:
