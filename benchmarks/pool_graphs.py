@@ -1,4 +1,4 @@
-"""Pool advance time without and with CUDA graphs (``ShardPool(graphs=False|True)``), side by side, in one run.
+"""Pool advance time without and with CUDA graphs (``PDEPool(graphs=False|True)``), side by side, in one run.
 
 Builds two pools of the same families with the same seed (tadpole_pretrain's by default, each family's
 conf/data/pde/<name>.yaml), advances both ``--advances`` times after ``--warmup`` advances (graph captures
@@ -22,7 +22,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import torch  # noqa: E402
 
-from datagen import FamilySpec, ShardPool  # noqa: E402
+from datagen import FamilySpec, PDEPool  # noqa: E402
 from datagen.cli import load_family  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -48,7 +48,7 @@ def _time_pool(specs: list[FamilySpec], args: argparse.Namespace, graphs: bool) 
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    pool = ShardPool(
+    pool = PDEPool(
         specs,
         n=args.n,
         num_trajectories=args.num_trajectories,

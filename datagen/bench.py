@@ -11,7 +11,7 @@ import torch
 from datagen.cuda_graphs import CudaGraphStepper
 from datagen.ic import gaussian_random_field
 from datagen.pdes import get_pde
-from datagen.pool import FamilySpec, ShardPool
+from datagen.pool import FamilySpec, PDEPool
 from datagen.spectral import Grid
 from datagen.stepper import make_stepper
 
@@ -80,7 +80,7 @@ def pool_throughput(
     """Crops/s of a one-family pool advanced once per batch (all trajectories stepped), and bytes per sample."""
     # Steady state: no warm-up at start and no refresh, so that every batch costs one step of every trajectory.
     spec = dataclasses.replace(spec, warmup_steps=0)
-    pool = ShardPool([spec], n=n, num_trajectories=num_trajectories, refresh_fraction=0.0, device=device)
+    pool = PDEPool([spec], n=n, num_trajectories=num_trajectories, refresh_fraction=0.0, device=device)
     pool.advance()
     _sync(device)
     start = time.perf_counter()

@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     write.add_argument("--samples-per-shard", type=at_least(1, 256), default=256)
     write.add_argument("--seed", type=int, default=0)
     write.add_argument(
-        "--shard", type=at_least(0, 0), default=0, help="data shard index (disjoint random streams)"
+        "--pool-index", type=at_least(0, 0), default=0, help="pool index (disjoint random streams)"
     )
+    # the flag's name before "shard" came to mean only a tar file: refused below, naming --pool-index
+    write.add_argument("--shard", type=int, default=None, help=argparse.SUPPRESS)
     write.add_argument("--config-dir", type=Path, default=_CONF)
     bench = sub.add_parser("bench", help="print generation throughput")
     bench.add_argument("--pde", nargs="+", default=None, help="default: every family with a 3D config")
@@ -86,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(known_pdes()))
         return 0
     if args.command == "write":
+        if args.shard is not None:
+            parser.error(
+                f"--shard {args.shard}: the pool index is now --pool-index (a shard is one of the tar files "
+                f"written). Fix: --pool-index {args.shard}."
+            )
         if Path(args.out).exists() and not Path(args.out).is_dir():
             parser.error(
                 f"--out {args.out} is an existing file; expected a folder for the shards (new, or one of "
@@ -107,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 "num_spatial_dims": args.dims,
                 "num_trajectories": args.num_trajectories,
                 "seed": args.seed,
-                "shard": args.shard,
+                "pool_index": args.pool_index,
             },
         )
         print(f"wrote {args.samples} samples in {len(paths)} shards to {args.out}")

@@ -12,7 +12,7 @@ called, so values written into them in place (a pool drawing new coefficients fo
 without building a new function, and a CUDA graph captured around it stays valid. A coefficient-dependent
 tensor too costly to recompute per call (a forcing in Fourier space: an FFT) is kept instead in the
 function's ``buffers`` dict (name -> tensor with a leading batch axis); whoever writes new coefficients
-copies those rows from a function built for them (``ShardPool`` does).
+copies those rows from a function built for them (``PDEPool`` does).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """An on-device pool of PDE trajectories that is advanced while training reads samples from it.
 
-The pool is split into ``num_shards`` *data shards*. Each shard owns its own trajectories and random
-streams, derived from ``(seed, shard, step, purpose)``, and contributes a fixed slice of every global batch.
-A process holds the shards of its rank, so the union of all ranks' samples at a step is the same for any
-number of processes, and no two ranks ever draw the same sample.
+The on-device data is split into ``num_pools`` *pools* (a :class:`PDEPool` each). Each pool owns its own
+trajectories and random streams, derived from ``(seed, pool_index, step, purpose)``, and contributes a fixed
+slice of every global batch. A process holds the pools of its rank, so the union of all ranks' samples at a
+step is the same for any number of processes, and no two ranks ever draw the same sample.
 
-Each :meth:`ShardPool.advance` steps every trajectory by one frame (``substeps`` solver steps) and, with
+Each :meth:`PDEPool.advance` steps every trajectory by one frame (``substeps`` solver steps) and, with
 probability ``refresh_fraction``, replaces it with a fresh initial condition and freshly drawn coefficients
 (the Tadpole "buffer strategy"). Trajectories that become non-finite or exceed ``max_abs`` are dropped,
 replaced and counted in ``num_rejected``; they never reach a sample. The last ``history`` frames of every
@@ -28,7 +28,21 @@ from datagen.seeding import generator
 from datagen.spectral import Grid, spectral_ops
 from datagen.stepper import as_coefficient, build_stepper
 
-__all__ = ["FamilySpec", "ShardPool"]
+__all__ = ["FamilySpec", "PDEPool"]
+
+# Names renamed when "shard" came to mean only a webdataset tar file: an old name fails naming the new one.
+RENAMED = {"ShardPool": "PDEPool"}
+
+
+def __getattr__(name: str) -> object:
+    """An old name of :data:`RENAMED` raises an ImportError naming the new one; other names are absent."""
+    if name in RENAMED:
+        raise ImportError(
+            f"datagen.{name} is now datagen.{RENAMED[name]}, and its shard= argument is pool_index= (a shard is "
+            f"a webdataset tar file; a pool is one seeded part of the on-device data). "
+            f"Fix: from datagen import {RENAMED[name]}."
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -97,7 +111,7 @@ def _draw(value: float | Sequence[float], log: bool, count: int, g: torch.Genera
 
 
 class _FamilyState:
-    """Frames, coefficients and stepper of the trajectories of one family in one shard.
+    """Frames, coefficients and stepper of the trajectories of one family in one pool.
 
     ``frames`` is a ring buffer ``(history, num_trajectories, channels, *grid)``; ``frames[head]`` is the
     newest frame. Coefficients that vary per trajectory are stored per row; fixed ones once, so that the
@@ -231,8 +245,8 @@ class _FamilyState:
         return self.frames[index, row]
 
 
-class ShardPool:
-    """The trajectories of one data shard: for each family, ``num_trajectories`` fields on ``device``.
+class PDEPool:
+    """One pool of PDE trajectories: for each family, ``num_trajectories`` fields on ``device``.
 
     Each family's dt and coefficient ranges are checked against its stability/resolution limits when the
     pool is built (``check=False`` skips that, e.g. to test the rejection of blown-up trajectories). With
@@ -254,7 +268,7 @@ class ShardPool:
         max_abs: float = 1e4,
         check: bool = True,
         seed: int = 0,
-        shard: int = 0,
+        pool_index: int = 0,
         device: torch.device | str = "cpu",
         graphs: bool = True,
     ) -> None:
@@ -276,7 +290,7 @@ class ShardPool:
         self.refresh_fraction = refresh_fraction
         self.max_abs = max_abs
         self.seed = seed
-        self.shard = shard
+        self.pool_index = pool_index
         self.step = 0
         self.num_draws = 0  # sample_* calls since the last advance: each gets its own random stream
         self.num_rejected = 0
@@ -296,7 +310,7 @@ class ShardPool:
 
     def _generator(self, purpose: str, step: int | None = None) -> torch.Generator:
         return generator(
-            self.seed, self.shard, self.step if step is None else step, purpose, device=self.device
+            self.seed, self.pool_index, self.step if step is None else step, purpose, device=self.device
         )
 
     def advance(self) -> None:
@@ -345,7 +359,7 @@ class ShardPool:
                 "length": fam.grid.length,
             },
             "seed": self.seed,
-            "shard": self.shard,
+            "pool_index": self.pool_index,
             "step": self.step,
         }
 
@@ -423,7 +437,7 @@ class ShardPool:
         return {"input": x[:, 0].contiguous(), "target": x[:, -1].contiguous(), **windows}
 
     def memory_bytes(self) -> int:
-        """Bytes held by frames, coefficients, ETDRK weights and nonlinear buffers of this shard."""
+        """Bytes held by frames, coefficients, ETDRK weights and nonlinear buffers of this pool."""
         total = 0
         for fam in self.families:
             buffers = getattr(fam.stepper.nonlinear, "buffers", None) or {}

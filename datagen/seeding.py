@@ -10,7 +10,7 @@ __all__ = ["derive_seed", "generator", "validation_seed"]
 
 
 def derive_seed(*keys: int | str) -> int:
-    """A 63-bit seed that depends on every key and on their order (e.g. seed, shard, step, purpose)."""
+    """A 63-bit seed that depends on every key and on their order (e.g. seed, pool_index, step, purpose)."""
     digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 

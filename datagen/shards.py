@@ -3,7 +3,7 @@
 A shard directory holds ``{prefix}-{index:06d}.tar`` files and ``format.json`` (how they were made and what
 each sample holds). Every sample has ``input.npy`` (and ``target.npy`` for pairs, ``channel_mask.npy`` for
 windows and pairs), ``pde.cls`` (the family index in ``format.json``'s ``pde_names``) and ``json``
-(pde, coefficients, seed, shard, step, time, dt, grid, code version). Samples are drawn exactly as the online
+(pde, coefficients, seed, pool_index, step, time, dt, grid, code version). Samples are drawn exactly as the online
 stream draws them (same pool, seed and sampling calls), so a reader yields the same tensors. Once every shard
 is written, ``format.json`` also records ``num_samples_per_shard`` (file name -> samples), from which a reader
 deals equal epochs to its processes without opening the shards.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datagen.pool import FamilySpec, ShardPool
+from datagen.pool import FamilySpec, PDEPool
 
 __all__ = ["code_version", "decode_sample", "iter_pool_samples", "write_shards"]
 
@@ -49,7 +49,7 @@ def _npy(x: torch.Tensor) -> bytes:
 
 
 def iter_pool_samples(
-    pool: ShardPool,
+    pool: PDEPool,
     *,
     kind: str,
     batch: int,
@@ -95,7 +95,7 @@ def write_shards(
 ) -> list[Path]:
     """Write ``num_samples`` samples into tar shards of ``samples_per_shard`` under ``out``; returns the paths.
 
-    ``pool_kwargs`` go to :class:`ShardPool` (n, num_spatial_dims, num_trajectories, seed, shard, ...).
+    ``pool_kwargs`` go to :class:`PDEPool` (n, num_spatial_dims, num_trajectories, seed, pool_index, ...).
     """
     import webdataset as wds  # imported when writing: webdataset takes seconds to import, beyond torch
 
@@ -118,7 +118,7 @@ def write_shards(
     pool_kwargs = dict(pool_kwargs or {})
     history = max(window if kind == "windows" else 1, lag + 1 if kind == "pairs" else 1)
     pool_kwargs["history"] = max(history, pool_kwargs.get("history", 1))
-    pool = ShardPool(families, **pool_kwargs)
+    pool = PDEPool(families, **pool_kwargs)
     names = [f.name for f in families]
     description = {
         "format": "webdataset tar; per sample: input.npy [target.npy] [channel_mask.npy] pde.cls json",

@@ -6,7 +6,9 @@ the constructor's type hint, a value outside the range its name implies (counts,
 mandatory ``???`` left unset. ``init_from`` must name a checkpoint that exists and is a torch archive. All
 problems are reported together in one ``ValueError``, each naming the key, the value, what is expected and the
 fix. Nothing here knows a particular key: the rules come from signatures and from the naming conventions of
-the code base (counts start with ``num_``). See ``docs/config_checks.md``.
+the code base (counts start with ``num_``), except the names renamed since configs were written with them
+(``MOVED_MODULES``, ``MOVED_KEYS``), which fail naming the new name; the entry points check command-line
+overrides of a moved key before Hydra composes (:func:`moved_override_problems`). See ``docs/config_checks.md``.
 
 The check judges a config as a run sees it: on a copy with Lightning's ``trainer.precision``/``accelerator``/
 ``devices``/``num_nodes``/``strategy`` merged into ``strategy`` by
@@ -35,7 +37,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pfm.distributed.trainer_switches import merge_trainer_switches
 from pfm.unpickle import check_safetensors
 
-__all__ = ["RANGES", "check_config", "config_problems", "merge_trainer_devices"]
+__all__ = [
+    "MOVED_KEYS",
+    "RANGES",
+    "check_config",
+    "config_problems",
+    "merge_trainer_devices",
+    "moved_override_problems",
+]
 
 _HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 _UNKNOWN = None  # a type the checker cannot judge from a YAML value: accepted
@@ -46,6 +55,9 @@ MOVED_MODULES = {
     "pfm.distributed.loss": "pfm.callbacks.global_loss",
     "datagen.graphs": "datagen.cuda_graphs",
 }
+# Keys renamed since configs were written with them (old -> new): an old key fails naming the new one. A
+# checkpoint that recorded an old key still resumes (pfm.checkpoints.run_description.RENAMED_KEYS).
+MOVED_KEYS = {"num_data_shards": "num_pools"}
 
 
 @dataclass(frozen=True)
@@ -79,7 +91,7 @@ _POSITIVE = {"batch_size", "n", "crop", "crop_size", "lr", "dt", "length", "max_
 RANGES: list[_Range] = [
     _Range(lambda k: k in _POSITIVE, 0.0, low_inclusive=False, why="a size, step or rate"),
     _Range(
-        lambda k: k in {"num_trajectories", "num_data_shards", "steps_per_batch"},
+        lambda k: k in {"num_trajectories", "num_pools", "steps_per_batch"},
         0.0,
         low_inclusive=False,
         why="a count of things the run needs at least one of",
@@ -213,7 +225,13 @@ def _node_problems(node: DictConfig, path: str) -> Iterator[str]:
         except Exception:  # an interpolation that only resolves at run time (e.g. ${hydra:...})
             continue
         if key not in params:
-            if not open_ended:
+            if MOVED_KEYS.get(key) in params:
+                new_key = _name(path, MOVED_KEYS[key])
+                yield (
+                    f"{full}={_show(value)}: the key is now {new_key} ({label}'s {MOVED_KEYS[key]}). "
+                    f"Fix: write {new_key}={_show(value)} instead."
+                )
+            elif not open_ended:
                 unknown[key] = value
             continue
         hint = hints.get(key, params[key].annotation)
@@ -313,6 +331,23 @@ def config_problems(cfg: DictConfig, keys: Sequence[str] | None = None) -> list[
         if isinstance(child, DictConfig | ListConfig):
             for node, path in _walk(child, str(key)):
                 problems.extend(_node_problems(node, path))
+    return problems
+
+
+def moved_override_problems(overrides: Sequence[str]) -> list[str]:
+    """One sentence per command-line override of a :data:`MOVED_KEYS` key, naming the new key.
+
+    Checked before Hydra composes: Hydra itself would only say that the old key is not in the config.
+    """
+    problems = []
+    for item in overrides:
+        key, eq, value = item.lstrip("+~").partition("=")
+        *parents, last = key.split(".")
+        if last in MOVED_KEYS:
+            new_key = ".".join([*parents, MOVED_KEYS[last]])
+            # no "+": the shipped configs that take the new key set it (to null)
+            fixed = ("~" if item.startswith("~") else "") + new_key + eq + value
+            problems.append(f"{item}: the key is now {new_key}. Fix: write {fixed}.")
     return problems
 
 

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from datagen.fields import field_names
 from datagen.seeding import derive_seed
 from pfm.build import load_pretrained, load_tito
-from pfm.checkpoints import read_checkpoint
+from pfm.checkpoints import read_run_info
 from pfm.commands import add_parser
 from pfm.data.well_dataset import WellDataset
 from pfm.evaluation import evaluate_chains
@@ -79,8 +79,7 @@ def load_for_evaluation(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     if path.is_dir() and (path / "config.yaml").is_file():
         return load_pretrained(path), dict(OmegaConf.to_container(OmegaConf.load(path / "config.yaml")))
     if path.exists():
-        meta = read_checkpoint(path, strict=False)  # runs no pickled code; only "pfm" is used
-        info = meta.get("pfm") if isinstance(meta, Mapping) else None
+        _, info = read_run_info(path)  # runs no pickled code; an older run's keys under today's names
         if not isinstance(info, Mapping) or not isinstance(info.get("model"), Mapping):
             return load_tito(path)[0], {}  # an official (P)LaTITO file: its widths are read off the shapes
         return load_pretrained(path), dict(info.get("config") or {})

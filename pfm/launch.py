@@ -32,7 +32,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from pfm.config_check import check_config
+from pfm.config_check import check_config, moved_override_problems
 from pfm.distributed.catalog import STRATEGIES
 from pfm.distributed.trainer_switches import merge_trainer_switches
 from pfm.io import atomic_path
@@ -159,6 +159,10 @@ def _check_owned(explicit: dict[str, str], wanted: dict[str, str]) -> None:
 def compose_run(overrides: list[str], config_dir: Path = CONF_DIR) -> DictConfig:
     """Compose ``conf/train.yaml`` with ``overrides`` (and the hydra node); a LaunchError names what is wrong."""
     try:
+        if moved := moved_override_problems(
+            overrides
+        ):  # Hydra would only say the old key is not in the config
+            raise ValueError(" ".join(moved))
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             cfg = compose("train", overrides=overrides, return_hydra_config=True)
         # resolve now: a broken interpolation fails here, not on the cluster (${hydra:...} needs the node set)

@@ -30,7 +30,7 @@ from pfm.callbacks import (
 )
 from pfm.callbacks.preemption import Preemption
 from pfm.checkpoints import PeriodicCheckpoint, check_compatible, resolve_resume, run_info
-from pfm.config_check import check_config
+from pfm.config_check import check_config, moved_override_problems
 from pfm.distributed import build_strategy
 from pfm.distributed.cluster import cluster_environment
 from pfm.distributed.trainer_switches import merge_trainer_switches
@@ -127,6 +127,8 @@ def main() -> None:
         missing := extra_problem("hydra_plugins.hydra_submitit_launcher", "slurm", "hydra/launcher=slurm")
     ):
         sys.exit(f"pfm-train: {missing}")
+    if moved := moved_override_problems(sys.argv[1:]):
+        sys.exit("pfm-train: " + " ".join(moved))
     _hydra_main()
 
 

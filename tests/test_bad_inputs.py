@@ -23,7 +23,7 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from datagen import FamilySpec, ShardPool, make_stepper
+from datagen import FamilySpec, PDEPool, make_stepper
 from datagen.shards import write_shards
 from datagen.spectral import Grid
 from datagen.stepper import as_coefficient
@@ -204,6 +204,27 @@ CASES = [
         ValueError,
         ("data.n=64", "data.crop=32", "ShardDataModule"),
         ("~data.n ~data.crop",),
+    ),
+    Case(
+        "num_data_shards (renamed num_pools) in a config",
+        _checked([*DEMO, "+data.num_data_shards=2"]),
+        ValueError,
+        ("data.num_data_shards=2", "the key is now data.num_pools"),
+        ("Fix: write data.num_pools=2",),
+    ),
+    Case(
+        "num_data_shards (renamed num_pools) on pfm launch's command line",
+        _pfm(["launch", "slurm", "experiment=demo", "data.num_data_shards=2", "--dry-run"]),
+        CliError,
+        ("data.num_data_shards=2", "the key is now data.num_pools"),
+        ("Fix: write data.num_pools=2",),
+    ),
+    Case(
+        "ShardPool (renamed PDEPool) imported",
+        lambda t: exec("from datagen import ShardPool"),
+        ImportError,
+        ("datagen.ShardPool", "shard= argument is pool_index="),
+        ("Fix: from datagen import PDEPool",),
     ),
     Case(
         "init_from missing",
@@ -410,7 +431,7 @@ CASES = [
     ),
     Case(
         "pool coefficient range breaks the CFL limit",
-        lambda t: ShardPool(
+        lambda t: PDEPool(
             [FamilySpec("burgers", dt=0.05, coefficients={"diffusivity": [0.01, 0.03]})],
             n=32,
             num_trajectories=1,
@@ -558,6 +579,13 @@ CASES = [
         CliError,
         ("--samples-per-shard", "0 is below 1"),
         ("expected an integer >= 1",),
+    ),
+    Case(
+        "pfm-datagen write --shard 1 (renamed --pool-index)",
+        _datagen(["write", "--pde", "diffusion", "--samples", "4", "--shard", "1", "--out", "TMP/o"]),
+        CliError,
+        ("--shard 1", "the pool index is now --pool-index"),
+        ("Fix: --pool-index 1",),
     ),
     Case(
         "pfm-datagen write --out an existing file",
@@ -741,3 +769,15 @@ def test_pfm_train_reports_the_shards_case_before_building(tmp_path: Path) -> No
     assert (
         not (out / "checkpoints").exists() and not list(out.rglob("*.png")) and not list(out.rglob("*.tmp"))
     )
+
+
+def test_pfm_train_names_the_new_name_of_a_renamed_key(tmp_path: Path) -> None:
+    """The real entry point: data.num_data_shards (now data.num_pools) on the command line fails naming the new
+    key before Hydra composes (Hydra alone would only say that the key is not in the config)."""
+    out = tmp_path / "run"
+    result = pfm_train(["experiment=demo", "data.num_data_shards=2", "logger=csv"], out)
+    assert result.returncode != 0
+    assert (
+        "data.num_data_shards=2: the key is now data.num_pools. Fix: write data.num_pools=2." in result.stderr
+    )
+    assert not (out / "checkpoints").exists()

@@ -1,5 +1,5 @@
 """2 CPU processes (gloo) follow the same loss trajectory and reach the same weights as 1 process with the
-same global batch, for every multi-process strategy. ``data.num_data_shards=2`` in both, so the data is the
+same global batch, for every multi-process strategy. ``data.num_pools=2`` in both, so the data is the
 same; ``task.sample_latent=false`` so no per-rank noise enters the loss.
 
 The optimizer is SGD with momentum (its state is sharded like Adam's): its update is linear in the gradient,
@@ -28,7 +28,7 @@ RUN = [
     "data.n=16",
     "data.crop=16",
     "data.batch_size=4",
-    "data.num_data_shards=2",
+    "data.num_pools=2",
     "data.num_trajectories=2",
     "data.num_val_batches=1",
     f"trainer.max_steps={STEPS}",
@@ -66,7 +66,7 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """One process, global batch 4 split into 2 data shards."""
+    """One process, global batch 4 split into 2 pools."""
     out = tmp_path_factory.mktemp("single")
     _pfm_train(["strategy=single"], out)
     losses = _losses(out)

@@ -92,7 +92,7 @@ def test_pool_is_deterministic_and_resumes_exactly() -> None:
         for key in x:
             assert torch.equal(x[key], y[key]), key
     assert torch.equal(b.sample_pairs(3)["x_t"], first[0]["x_t"])
-    other = ChainPool(**SMALL, lags=[1, 2], seed=3, shard=1)
+    other = ChainPool(**SMALL, lags=[1, 2], seed=3, pool_index=1)
     assert not torch.equal(other.frames, ChainPool(**SMALL, lags=[1, 2], seed=3).frames)
 
 

@@ -14,7 +14,7 @@ from conftest import rounding_tolerance
 from omegaconf import OmegaConf
 
 import datagen
-from datagen import FamilySpec, ShardPool, get_pde, known_pdes, make_stepper
+from datagen import FamilySpec, PDEPool, get_pde, known_pdes, make_stepper
 from datagen.ic import gaussian_random_field
 from datagen.spectral import Grid, spectral_ops
 
@@ -41,7 +41,7 @@ def test_config_pool_is_finite_and_rejects_nothing(path: Path) -> None:
     spec = _spec(path)
     pde = get_pde(spec.name)
     d = 3 if 3 in pde.supported_dims else 2
-    pool = ShardPool(
+    pool = PDEPool(
         [spec], num_spatial_dims=d, n=32 if d == 3 else 64, num_trajectories=2, refresh_fraction=0.0
     )
     for _ in range(4):
@@ -121,7 +121,7 @@ def test_inviscid_linear_advection_conserves_energy() -> None:
 
 def test_gray_scott_stays_bounded() -> None:
     spec = _spec(next(p for p in CONFIGS if p.stem == "gray_scott"))
-    pool = ShardPool([spec], num_spatial_dims=2, n=64, num_trajectories=2, refresh_fraction=0.0)
+    pool = PDEPool([spec], num_spatial_dims=2, n=64, num_trajectories=2, refresh_fraction=0.0)
     for _ in range(50):  # 200 solver steps, 100 time units
         pool.advance()
     fields = pool.families[0].current
@@ -198,7 +198,7 @@ def test_a_state_with_nan_is_refused_on_the_first_step() -> None:
 def test_config_outside_limits_fails_when_the_pool_is_built() -> None:
     spec = FamilySpec("burgers", dt=0.05, coefficients={"diffusivity": [0.01, 0.03]})
     with pytest.raises(ValueError, match="CFL"):
-        ShardPool([spec], n=32, num_trajectories=1)
+        PDEPool([spec], n=32, num_trajectories=1)
 
 
 def test_wrong_dimension_is_refused() -> None:
@@ -240,9 +240,9 @@ exec(compile(code[0], "nagumo", "exec"), {"__name__": "nagumo_doc"})
 import datagen
 assert "nagumo" in datagen.known_pdes()
 exec(code[2].replace("64", "16"), {})
-from datagen import FamilySpec, ShardPool
+from datagen import FamilySpec, PDEPool
 spec = FamilySpec(**yaml.safe_load(re.findall(r"```yaml\n(.*?)```", doc, re.S)[0]))
-pool = ShardPool([spec], n=32, num_trajectories=2)
+pool = PDEPool([spec], n=32, num_trajectories=2)
 for _ in range(3):
     pool.advance()
 assert pool.num_rejected == 0 and torch.isfinite(pool.families[0].current).all()

@@ -1,4 +1,4 @@
-"""Online pool and DataModules: determinism, exact resume, disjoint shards, rejection, windows, pairs."""
+"""Online pool and DataModules: determinism, exact resume, disjoint pools, rejection, windows, pairs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import BURGERS, DIFFUSION
 
-from datagen import FamilySpec, ShardPool
+from datagen import FamilySpec, PDEPool
 from datagen.augment import transform
 from pfm.data import OnlineCropDataModule, OnlinePairDataModule, OnlineWindowDataModule
 
@@ -41,23 +41,23 @@ def test_state_dict_resumes_exactly() -> None:
         assert torch.equal(x["input"], b.next_batch()["input"])
 
 
-def test_shards_are_disjoint_and_union_is_independent_of_process_count() -> None:
-    one = _module(num_data_shards=2)  # one process holding shards 0 and 1
+def test_pools_are_disjoint_and_union_is_independent_of_process_count() -> None:
+    one = _module(num_pools=2)  # one process holding pools 0 and 1
     batch = one.next_batch()["input"]
     half = batch.shape[0] // 2
     assert not torch.equal(batch[:half], batch[half:])
     pools = [
-        ShardPool(
+        PDEPool(
             [FamilySpec(**DIFFUSION), FamilySpec(**BURGERS)],
             n=16,
             num_trajectories=2,
             refresh_fraction=0.3,
             seed=1,
-            shard=s,
+            pool_index=s,
         )
         for s in (0, 1)
     ]
-    for pool, part in zip(pools, (batch[:half], batch[half:]), strict=True):  # two "ranks", one shard each
+    for pool, part in zip(pools, (batch[:half], batch[half:]), strict=True):  # two "ranks", one pool each
         pool.advance()
         x, _ = pool.sample_crops(half, 8)
         dims = tuple(range(1, x.ndim))
@@ -68,7 +68,7 @@ def test_shards_are_disjoint_and_union_is_independent_of_process_count() -> None
 
 
 def test_blown_up_trajectories_are_dropped_counted_and_replaced() -> None:
-    pool = ShardPool([FamilySpec(**DIFFUSION)], n=16, num_trajectories=3, refresh_fraction=0.0)
+    pool = PDEPool([FamilySpec(**DIFFUSION)], n=16, num_trajectories=3, refresh_fraction=0.0)
     pool.families[0].frames[pool.families[0].head, 1, 0, 0, 0, 0] = float("inf")
     pool.advance()
     assert pool.num_rejected == 1
@@ -76,8 +76,8 @@ def test_blown_up_trajectories_are_dropped_counted_and_replaced() -> None:
     # An anti-diffusive family (check bypassed) explodes and is rejected every time, never sampled.
     spec = FamilySpec("diffusion", dt=0.05, coefficients={"diffusivity": -0.05})
     with pytest.raises(ValueError, match="diffusivity"):
-        ShardPool([spec], n=16, num_trajectories=2)
-    bad = ShardPool([spec], n=16, num_trajectories=2, refresh_fraction=0.0, max_abs=1e3, check=False)
+        PDEPool([spec], n=16, num_trajectories=2)
+    bad = PDEPool([spec], n=16, num_trajectories=2, refresh_fraction=0.0, max_abs=1e3, check=False)
     for _ in range(5):
         bad.advance()
     assert bad.num_rejected > 0
@@ -127,7 +127,7 @@ def test_windows_and_pairs() -> None:
 def test_window_frames_are_consecutive_solver_steps() -> None:
     from datagen import make_stepper
 
-    pool = ShardPool(
+    pool = PDEPool(
         [FamilySpec("diffusion", dt=0.01, coefficients={"diffusivity": 0.01})],
         n=16,
         num_trajectories=1,
@@ -170,13 +170,13 @@ def test_data_configs_compose_and_yield_a_batch(config: str) -> None:
 
 
 @pytest.mark.parametrize("module", ["crops", "chains"])
-def test_a_shard_count_that_does_not_split_the_batch_is_named(module: str) -> None:
+def test_a_pool_count_that_does_not_split_the_batch_is_named(module: str) -> None:
     from pfm.data.chains import ChainDataModule
 
     if module == "crops":
-        dm = OnlineCropDataModule([DIFFUSION], n=16, crop=8, batch_size=3, num_data_shards=2)
+        dm = OnlineCropDataModule([DIFFUSION], n=16, crop=8, batch_size=3, num_pools=2)
     else:
-        dm = ChainDataModule(batch_size=3, num_data_shards=2, num_chains=2)
-    with pytest.raises(ValueError, match=r"data\.num_data_shards=2 .* divide data\.batch_size=3"):
+        dm = ChainDataModule(batch_size=3, num_pools=2, num_chains=2)
+    with pytest.raises(ValueError, match=r"data\.num_pools=2 .* divide data\.batch_size=3"):
         dm.setup()
     assert not dm.pools, "nothing is built before the layout is checked"

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import rounding_tolerance
 
-from datagen import FamilySpec, ShardPool
+from datagen import FamilySpec, PDEPool
 from datagen.cuda_graphs import CudaGraphStepper, _same
 from datagen.pdes import get_pde, known_pdes
 from datagen.pdes.kolmogorov_flow_velocity import KolmogorovFlowVelocity
@@ -42,11 +42,11 @@ def _varying_spec(name: str) -> FamilySpec:
     return FamilySpec(name, dt=1e-3, coefficients=ranges)
 
 
-def _pool(name: str, **kwargs) -> ShardPool:
+def _pool(name: str, **kwargs) -> PDEPool:
     pde = get_pde(name)
     d = 2 if 2 in pde.supported_dims else pde.supported_dims[0]
     base = {"num_spatial_dims": d, "n": 16, "num_trajectories": 4, "refresh_fraction": 0.0, "check": False}
-    return ShardPool([_varying_spec(name)], **(base | kwargs))
+    return PDEPool([_varying_spec(name)], **(base | kwargs))
 
 
 def _uses_coefficients(name: str) -> bool:
@@ -159,7 +159,7 @@ def test_graph_signature_is_stable_across_refresh_and_resume_and_changes_on_repl
     key = fam.step_all._signature(fam.current, fam.spec.substeps)
     fam.stepper.nonlinear.buffers["forcing"] = fam.stepper.nonlinear.buffers["forcing"].clone()
     assert not _same(key, fam.step_all._signature(fam.current, fam.spec.substeps))
-    shared = ShardPool(
+    shared = PDEPool(
         [FamilySpec("burgers", dt=0.002, coefficients={"diffusivity": 0.05})], n=8, num_spatial_dims=2
     )
     stepper = shared.families[0].stepper
@@ -202,9 +202,9 @@ GRAPH_FAMILIES = [
 ]
 
 
-def _graph_pool(device: str, graphs: bool) -> ShardPool:
+def _graph_pool(device: str, graphs: bool) -> PDEPool:
     specs = [FamilySpec(**spec) for spec in GRAPH_FAMILIES]
-    return ShardPool(
+    return PDEPool(
         specs,
         num_spatial_dims=2,
         n=32,

@@ -18,7 +18,13 @@ import pytest
 import torch
 from conftest import resume_run
 
-from pfm.checkpoints import find_resume_checkpoint, list_checkpoints, read_checkpoint
+from pfm.checkpoints import (
+    check_compatible,
+    find_resume_checkpoint,
+    list_checkpoints,
+    read_checkpoint,
+    read_run_info,
+)
 
 STEPS = 10
 RUN = resume_run(STEPS, keep_last=3)
@@ -142,7 +148,29 @@ def test_resume_from_another_model_fails_naming_the_mismatch(uninterrupted: Path
     assert not list((tmp_path / "checkpoints").glob("step*")), "nothing was trained"
 
 
-DDP = ["strategy=ddp", "strategy.devices=2", "data.num_data_shards=2"]
+def test_a_checkpoint_that_recorded_num_data_shards_resumes_under_num_pools(tmp_path: Path) -> None:
+    """Checkpoints written before data.num_pools recorded num_data_shards: read as num_pools, at the top of the
+    run description and in its data config, so the same value resumes and another is named."""
+    described = {
+        "model": {"_target_": "M", "width": 16},
+        "head": None,
+        "task_target": "T",
+        "data_spec": {"n": 8},
+    }
+    old = tmp_path / "step0000003.ckpt"
+    config = {"data": {"_target_": "D", "num_data_shards": 2}}
+    torch.save(
+        {"pfm": {**described, "num_data_shards": 2, "checkpoint_format": "file", "config": config}}, old
+    )
+    check_compatible(old, {**described, "num_pools": 2, "checkpoint_format": "file"})
+    with pytest.raises(ValueError, match="num_pools: checkpoint has 2, this run has 4"):
+        check_compatible(old, {**described, "num_pools": 4, "checkpoint_format": "file"})
+    _, info = read_run_info(old)
+    assert info["num_pools"] == 2 and "num_data_shards" not in info
+    assert info["config"]["data"] == {"_target_": "D", "num_pools": 2}
+
+
+DDP = ["strategy=ddp", "strategy.devices=2", "data.num_pools=2"]
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ CI = REPO / "launch" / "slurm" / "ci"
 STATE = Path(os.environ.get("PFM_SLURM_DIR", "/tmp/pfm-slurm"))
 STEPS = 12
 RUN = resume_run(STEPS, keep_last=None)
-DDP = ["strategy=ddp", "data.num_data_shards=2"]
+DDP = ["strategy=ddp", "data.num_pools=2"]
 
 
 def _env(slurm_conf: str | None = None) -> dict[str, str]:

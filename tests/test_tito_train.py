@@ -294,11 +294,11 @@ def test_platito_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert 0.0 <= results["coverage"] <= 1.0 and results["lag_ns"] == 2.0
 
 
-def test_ranks_draw_their_own_shards_of_the_same_global_batch() -> None:
-    """Two data shards in one process give the same samples as one shard on each of two ranks."""
+def test_ranks_draw_their_own_pools_of_the_same_global_batch() -> None:
+    """Two pools in one process give the same samples as one pool on each of two ranks."""
     from types import SimpleNamespace
 
-    kwargs = {**SMALL, "num_data_shards": 2, "augment": False}
+    kwargs = {**SMALL, "num_pools": 2, "augment": False}
     single = ChainDataModule(**kwargs)
     single.setup()
     whole = single.next_batch()

@@ -81,9 +81,9 @@ def trajectories(family: str, count: int, frames: int, n: int, seed: int) -> np.
     import torch
 
     from datagen.cli import load_family
-    from datagen.pool import ShardPool
+    from datagen.pool import PDEPool
 
-    pool = ShardPool(
+    pool = PDEPool(
         [load_family(family)],
         num_spatial_dims=2,
         n=n,

@@ -77,12 +77,12 @@ def write_dataset(
     import yaml
 
     from datagen.cli import load_family
-    from datagen.pool import ShardPool
+    from datagen.pool import PDEPool
 
     # 0.02 time units a frame: dt 0.005 (CFL 0.48 at the amplitude 3 of the family's limits), 4 steps
     spec = dataclasses.replace(load_family(FAMILY), dt=0.005, substeps=4)
     total = num_train + num_valid + num_test
-    pool = ShardPool(
+    pool = PDEPool(
         [spec], n=2 * grid, num_trajectories=total, refresh_fraction=0.0, seed=DATA_SEED, device=device
     )
     states = []

@@ -1,7 +1,7 @@
 """An on-device pool of coarse-grained chains simulated while training reads (x_t, x_{t+lag}) pairs from it.
 
-Like the PDE pool (:mod:`datagen.pool`), a :class:`ChainPool` is one *data shard*: its chains and random
-streams are derived from ``(seed, shard, step, purpose)``, so a run draws the same samples on any number of
+Like the PDE pool (:mod:`datagen.pool`), a :class:`ChainPool` is one *pool*: its chains and random streams
+are derived from ``(seed, pool_index, step, purpose)``, so a run draws the same samples on any number of
 processes and a resumed run continues the stream exactly (:meth:`state_dict` / :meth:`load_state_dict`).
 
 Each :meth:`ChainPool.advance` moves every chain by one frame (``substeps`` Langevin steps) and replaces a
@@ -41,7 +41,7 @@ def centre(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class ChainPool:
-    """``num_chains`` coarse-grained chains of one data shard, advanced by overdamped Langevin dynamics.
+    """``num_chains`` coarse-grained chains of one pool, advanced by overdamped Langevin dynamics.
 
     Lengths are drawn uniformly from ``[min_residues, max_residues]`` (or taken from ``sequences``, a
     library of residue-id lists to draw from instead of random sequences), temperatures from
@@ -65,7 +65,7 @@ class ChainPool:
         force_field: Mapping[str, float] | ForceField | None = None,
         sequences: Sequence[Sequence[int]] | None = None,
         seed: int = 0,
-        shard: int = 0,
+        pool_index: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
         self.lags, self.lag_range = _check_lags(lags, lag_range)
@@ -103,7 +103,7 @@ class ChainPool:
         self.warmup_frames = warmup_frames
         self.refresh_fraction = refresh_fraction
         self.max_bond = max_bond
-        self.seed, self.shard = seed, shard
+        self.seed, self.pool_index = seed, pool_index
         self.history = self.max_lag + 1
         self.step = 0
         self.num_rejected = 0
@@ -119,7 +119,7 @@ class ChainPool:
         return max(self.lags) if self.lags is not None else self.lag_range[1]
 
     def _generator(self, purpose: str) -> torch.Generator:
-        return generator(self.seed, self.shard, self.step, purpose, device=self.device)
+        return generator(self.seed, self.pool_index, self.step, purpose, device=self.device)
 
     def _new_chains(self, count: int, g: torch.Generator, rows: torch.Tensor | None = None) -> ChainSystem:
         dev = self.device

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pfm.checkpoints.files import find_resume_checkpoint, is_complete, read_checkpoint
+from pfm.checkpoints.run_description import current_names
 from pfm.unpickle import check_checkpoint
 
 __all__ = ["RESUME_KEYS", "check_compatible", "resolve_resume"]
@@ -18,7 +19,7 @@ RESUME_KEYS = (
     "head",
     "task_target",
     "data_spec",
-    "num_data_shards",
+    "num_pools",
     "checkpoint_format",
     "finetune",
 )
@@ -62,6 +63,7 @@ def check_compatible(path: str | Path, run_info: Mapping[str, Any]) -> None:
     saved = read_checkpoint(path).get("pfm")
     if saved is None:
         return  # written outside pfm-train: Lightning's own state-dict checks still apply
+    saved = current_names(saved)  # e.g. num_data_shards, as checkpoints before num_pools recorded it
     problems: list[str] = []
     for key in RESUME_KEYS:
         if key in saved or key in run_info:

@@ -16,7 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from pfm.checkpoints.files import read_checkpoint
 
-__all__ = ["read_run_info", "run_info"]
+__all__ = ["RENAMED_KEYS", "current_names", "read_run_info", "run_info"]
+
+# Keys renamed since checkpoints were written with them (old -> new), at the top of a run description and in
+# its data config; read under the new name, so such a checkpoint still resumes and evaluates. A config typed
+# with an old key is refused by the config check instead (pfm.config_check.MOVED_KEYS).
+RENAMED_KEYS = {"num_data_shards": "num_pools"}
 
 
 def run_info(cfg: DictConfig, data_spec: Mapping[str, Any], strategy: str) -> dict[str, Any]:
@@ -34,7 +39,7 @@ def run_info(cfg: DictConfig, data_spec: Mapping[str, Any], strategy: str) -> di
         "head": head,
         "task_target": cfg.task._target_,
         "data_spec": dict(data_spec),
-        "num_data_shards": cfg.data.get("num_data_shards"),
+        "num_pools": cfg.data.get("num_pools"),
         # DeepSpeed writes folders of shards that only DeepSpeed reads back; the others write one file
         "checkpoint_format": "deepspeed" if strategy.startswith("deepspeed") else "file",
         "strategy": strategy,
@@ -42,8 +47,17 @@ def run_info(cfg: DictConfig, data_spec: Mapping[str, Any], strategy: str) -> di
     }
 
 
+def current_names(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The run description ``info`` with the keys an older pfm wrote (:data:`RENAMED_KEYS`) renamed."""
+    out = {RENAMED_KEYS.get(k, k): v for k, v in info.items()}
+    config = out.get("config")
+    if isinstance(config, Mapping) and isinstance(config.get("data"), Mapping):
+        out["config"] = {**config, "data": {RENAMED_KEYS.get(k, k): v for k, v in config["data"].items()}}
+    return out
+
+
 def read_run_info(path: str | Path) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
     """``(checkpoint, run description or None)`` of a checkpoint, read without running pickled code."""
     checkpoint = read_checkpoint(path, strict=False)  # may be an official file: its classes stay inert
     info = checkpoint.get("pfm") if isinstance(checkpoint, Mapping) else None
-    return checkpoint, info if isinstance(info, Mapping) else None
+    return checkpoint, current_names(info) if isinstance(info, Mapping) else None

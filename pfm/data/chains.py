@@ -26,7 +26,7 @@ __all__ = ["ChainDataModule", "pad_batch"]
 
 
 def pad_batch(parts: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Concatenate per-shard batches whose residue axis (dim 1 of 2D+ tensors) differs, zero-padding it."""
+    """Concatenate per-pool batches whose residue axis (dim 1 of 2D+ tensors) differs, zero-padding it."""
     length = max(p["mask"].shape[1] for p in parts)
     out = {}
     for key in parts[0]:
@@ -44,7 +44,7 @@ def pad_batch(parts: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Te
 class ChainDataModule(PoolStream, L.LightningDataModule):
     """Pairs from pools of coarse-grained C-alpha chains simulated on the training device while training.
 
-    ``batch_size`` is the global batch, split evenly over ``num_data_shards`` (default: one per process), as
+    ``batch_size`` is the global batch, split evenly over ``num_pools`` (default: one per process), as
     for the PDE pools. ``lags``/``lag_range`` are in frames of ``frame_ns`` ns each; batches carry ns.
     """
 
@@ -67,7 +67,7 @@ class ChainDataModule(PoolStream, L.LightningDataModule):
         embeddings: str | None = None,
         batch_size: int = 8,
         steps_per_batch: int = 1,
-        num_data_shards: int | None = None,
+        num_pools: int | None = None,
         num_val_batches: int = 2,
         val_burn_in_frames: int = 10,
         augment: bool = True,
@@ -95,7 +95,7 @@ class ChainDataModule(PoolStream, L.LightningDataModule):
         self.embeddings = embeddings
         self.batch_size = batch_size
         self.steps_per_batch = steps_per_batch
-        self.num_data_shards = num_data_shards
+        self.num_pools = num_pools
         self.num_val_batches = num_val_batches
         self.val_burn_in_frames = val_burn_in_frames
         self.augment = augment
@@ -127,12 +127,14 @@ class ChainDataModule(PoolStream, L.LightningDataModule):
         """The pool settings (force field, step size, substeps, frame spacing) for long reference runs."""
         return {**self.pool_kwargs, "frame_ns": self.frame_ns}
 
-    def _pool(self, shard: int, seed: int, device: torch.device) -> ChainPool:
+    def _pool(self, pool_index: int, seed: int, device: torch.device) -> ChainPool:
         sequences = [residue_ids(s).tolist() for s in self._library] if self._library else None
-        return ChainPool(**self.pool_kwargs, sequences=sequences, seed=seed, shard=shard, device=device)
+        return ChainPool(
+            **self.pool_kwargs, sequences=sequences, seed=seed, pool_index=pool_index, device=device
+        )
 
     def setup(self, stage: str | None = None) -> None:
-        """Build this process's shard pools on the training device."""
+        """Build this process's pools on the training device."""
         if self.pools:
             return
         device, layout = self._device_and_layout()
@@ -167,7 +169,7 @@ class ChainDataModule(PoolStream, L.LightningDataModule):
         for pool in self.pools:
             for _ in range(self.steps_per_batch):
                 pool.advance()
-            parts.append(pool.sample_pairs(self.samples_per_shard, augment=self.augment))
+            parts.append(pool.sample_pairs(self.samples_per_pool, augment=self.augment))
         batch = self.finish(pad_batch(parts))
         self.generation_seconds = time.perf_counter() - start
         return batch
@@ -186,5 +188,5 @@ class ChainDataModule(PoolStream, L.LightningDataModule):
             for _ in range(self.num_val_batches):
                 for _ in range(max(1, self.val_burn_in_frames)):
                     pool.advance()
-                batches.append(self.finish(pool.sample_pairs(self.samples_per_shard, augment=False)))
+                batches.append(self.finish(pool.sample_pairs(self.samples_per_pool, augment=False)))
         return DataLoader(batches, batch_size=None, num_workers=0)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from datagen import ShardPool
+from datagen import PDEPool
 from datagen.fields import field_names
 from datagen.seeding import generator
 from pfm.data.online import OnlineWindowDataModule
@@ -55,7 +55,7 @@ class OnlineFieldDataModule(OnlineWindowDataModule):
 
     The union of the families' field names, in order of first appearance, is ``fields``. Each sample's frames
     are ``stride`` pool frames apart, ``stride`` drawn per sample uniformly in ``[min_stride, max_stride]``
-    from the shard's ``(seed, shard, step)`` stream; validation uses ``min_stride`` and ``num_val_future``
+    from the pool's ``(seed, pool_index, step)`` stream; validation uses ``min_stride`` and ``num_val_future``
     future frames, so that it can roll out that many steps. The pools' periodic augmentations (rolls, flips,
     axis permutations with vector components following) apply while training. Fields keep their physical scale
     (the task normalises).
@@ -106,19 +106,19 @@ class OnlineFieldDataModule(OnlineWindowDataModule):
             "num_frames": self.num_frames,
         }
 
-    def sample(self, pool: ShardPool, batch: int, *, augment: bool) -> dict[str, torch.Tensor]:
-        """One shard's slice of training field windows, strides drawn per sample."""
+    def sample(self, pool: PDEPool, batch: int, *, augment: bool) -> dict[str, torch.Tensor]:
+        """One pool's slice of training field windows, strides drawn per sample."""
         return self._windows(pool, batch, augment=augment, validating=False)
 
     def _windows(
-        self, pool: ShardPool, batch: int, *, augment: bool, validating: bool
+        self, pool: PDEPool, batch: int, *, augment: bool, validating: bool
     ) -> dict[str, torch.Tensor]:
         windows = pool.sample_windows(batch, self.span, crop=self.window_crop, augment=augment)
         length = self.num_frames + (self.num_val_future if validating else self.num_future)
         if validating:
             stride = torch.full((batch,), self.min_stride, device=pool.device)
         else:
-            g = generator(pool.seed, pool.shard, pool.step, "stride", device=pool.device)
+            g = generator(pool.seed, pool.pool_index, pool.step, "stride", device=pool.device)
             stride = torch.randint(
                 self.min_stride, self.max_stride + 1, (batch,), generator=g, device=pool.device
             )
@@ -147,6 +147,6 @@ class OnlineFieldDataModule(OnlineWindowDataModule):
         """Field windows keep their physical scale."""
         return batch
 
-    def validation_sample(self, pool: ShardPool, batch: int) -> dict[str, torch.Tensor]:
-        """One shard's slice of validation windows: ``num_val_future`` future frames at ``min_stride``."""
+    def validation_sample(self, pool: PDEPool, batch: int) -> dict[str, torch.Tensor]:
+        """One pool's slice of validation windows: ``num_val_future`` future frames at ``min_stride``."""
         return self._windows(pool, batch, augment=False, validating=True)

@@ -1,10 +1,10 @@
-"""Which data shards this process generates: the split of a global batch over processes and shards.
+"""Which pools this process generates: the split of a global batch over processes and pools.
 
 Every online DataModule (PDE pools, chain pools) splits its *global* ``batch_size`` evenly over
-``num_data_shards`` shards (default: one per process); each process generates only its own shards, so the union
+``num_pools`` pools (default: one per process); each process generates only its own pools, so the union
 of all processes' samples does not depend on the number of processes.
 
-Public names: ``ShardLayout``, ``shard_layout``, ``process_rank``.
+Public names: ``PoolLayout``, ``pool_layout``, ``process_rank``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ShardLayout", "process_rank", "shard_layout"]
+__all__ = ["PoolLayout", "pool_layout", "process_rank"]
 
 
 def process_rank(trainer: Any) -> tuple[int, int]:
@@ -28,25 +28,25 @@ def process_rank(trainer: Any) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class ShardLayout:
-    """This process's share of the global batch: its ``local`` shard indices of ``num_shards``."""
+class PoolLayout:
+    """This process's share of the global batch: its ``local`` pool indices of ``num_pools``."""
 
     rank: int
     world: int
-    num_shards: int
+    num_pools: int
     local: list[int]
-    samples_per_shard: int
+    samples_per_pool: int
 
 
-def shard_layout(trainer: Any, *, batch_size: int, num_data_shards: int | None) -> ShardLayout:
-    """The shards this process generates; refuses a shard count that does not split the processes and batch."""
+def pool_layout(trainer: Any, *, batch_size: int, num_pools: int | None) -> PoolLayout:
+    """The pools this process generates; refuses a pool count that does not split the processes and batch."""
     rank, world = process_rank(trainer)
-    shards = num_data_shards or world
-    if shards < 1 or batch_size < 1 or shards % world or batch_size % shards:
+    pools = num_pools or world
+    if pools < 1 or batch_size < 1 or pools % world or batch_size % pools:
         raise ValueError(
-            f"data.num_data_shards={shards} must be a positive multiple of the number of processes ({world}) "
+            f"data.num_pools={pools} must be a positive multiple of the number of processes ({world}) "
             f"and divide data.batch_size={batch_size}; adjust one of them."
         )
-    per_rank = shards // world
+    per_rank = pools // world
     local = list(range(rank * per_rank, (rank + 1) * per_rank))
-    return ShardLayout(rank, world, shards, local, batch_size // shards)
+    return PoolLayout(rank, world, pools, local, batch_size // pools)

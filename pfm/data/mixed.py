@@ -145,14 +145,14 @@ class MixedFieldDataModule(TrainedBatchStream, L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """The draw's step and every source's state just after the last trained batch.
 
-        Pool states of online sources sit under ``pools`` keyed ``<source>/<shard>``, so that every process's
-        shards merge into one checkpoint state (:meth:`merge_process_states`) as they do for online modules.
+        Pool states of online sources sit under ``pools`` keyed ``<source>/<pool index>``, so that every
+        process's pools merge into one checkpoint state (:meth:`merge_process_states`) as they do for online modules.
         """
         state: dict[str, Any] = {"step": self.trained_position(), "sources": {}, "pools": {}}
         for name, module in self.sources.items():
             source_state = dict(module.state_dict())
-            for shard, pool_state in source_state.pop("pools", {}).items():
-                state["pools"][f"{name}/{shard}"] = pool_state
+            for index, pool_state in source_state.pop("pools", {}).items():
+                state["pools"][f"{name}/{index}"] = pool_state
             state["sources"][name] = source_state
         return state
 
@@ -180,8 +180,8 @@ class MixedFieldDataModule(TrainedBatchStream, L.LightningDataModule):
             if isinstance(module, PoolStream):
                 pools = {}
                 for key, pool_state in state_dict.get("pools", {}).items():
-                    source, shard = str(key).rsplit("/", 1)
+                    source, index = str(key).rsplit("/", 1)
                     if source == name:
-                        pools[int(shard)] = pool_state
+                        pools[int(index)] = pool_state
                 source_state["pools"] = pools
             module.load_state_dict(source_state)

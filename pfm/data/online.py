@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from datagen import FamilySpec, ShardPool, get_pde
+from datagen import FamilySpec, PDEPool, get_pde
 from datagen.seeding import validation_seed
 from pfm.data.prefetch import Prefetcher
 from pfm.data.stream_state import PoolStream
@@ -31,8 +31,8 @@ def _family_specs(pdes: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, 
 class OnlineCropDataModule(PoolStream, L.LightningDataModule):
     """Single-channel periodic crops from pools of PDE trajectories advanced while training.
 
-    ``batch_size`` is the *global* batch: it is split evenly over ``num_data_shards`` data shards (default:
-    one per process) and each process generates only its own shards. Batches are dicts with ``input``
+    ``batch_size`` is the *global* batch: it is split evenly over ``num_pools`` pools (default:
+    one per process) and each process generates only its own pools. Batches are dicts with ``input``
     ``(batch, 1, crop, crop, crop)``, standardized per crop when ``standardize`` is set, and ``pde``
     ``(batch,)``, the index of each crop's family in ``pde_names``.
 
@@ -54,7 +54,7 @@ class OnlineCropDataModule(PoolStream, L.LightningDataModule):
         refresh_fraction: float = 0.1,
         steps_per_batch: int = 1,
         batches_per_advance: int = 1,
-        num_data_shards: int | None = None,
+        num_pools: int | None = None,
         num_val_batches: int = 2,
         val_burn_in_steps: int = 20,
         standardize: bool = True,
@@ -92,7 +92,7 @@ class OnlineCropDataModule(PoolStream, L.LightningDataModule):
                 "advanced pool state (1: advance before every batch)."
             )
         self.batches_per_advance = batches_per_advance
-        self.num_data_shards = num_data_shards
+        self.num_pools = num_pools
         self.num_val_batches = num_val_batches
         self.val_burn_in_steps = val_burn_in_steps
         self.standardize = standardize
@@ -105,7 +105,7 @@ class OnlineCropDataModule(PoolStream, L.LightningDataModule):
                 "threads, or null for torch's default."
             )
         self.prefetch_threads = prefetch_threads
-        self.pools: list[ShardPool] = []
+        self.pools: list[PDEPool] = []
         self.generation_seconds = 0.0
         self._prefetcher: Prefetcher | None = None
 
@@ -124,7 +124,7 @@ class OnlineCropDataModule(PoolStream, L.LightningDataModule):
         }
 
     def setup(self, stage: str | None = None) -> None:
-        """Build this process's shard pools on the training device."""
+        """Build this process's pools on the training device."""
         if self.pools:
             return
         device, layout = self._device_and_layout()
@@ -134,11 +134,11 @@ class OnlineCropDataModule(PoolStream, L.LightningDataModule):
             self._cuda_stream = torch.cuda.Stream(self.device)
         with self._generation_context():
             self.pools = [
-                ShardPool(
+                PDEPool(
                     self.families,
                     refresh_fraction=self.refresh_fraction,
                     seed=self.seed,
-                    shard=s,
+                    pool_index=s,
                     device=device,
                     **self.pool_kwargs,
                 )
@@ -215,13 +215,13 @@ class OnlineCropDataModule(PoolStream, L.LightningDataModule):
             if pool.num_draws == 0 or pool.num_draws >= self.batches_per_advance:
                 for _ in range(self.steps_per_batch):
                     pool.advance()
-            parts.append(self.sample(pool, self.samples_per_shard, augment=self.augment))
+            parts.append(self.sample(pool, self.samples_per_pool, augment=self.augment))
         batch = self.finish({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
         self.generation_seconds = time.perf_counter() - start
         return batch
 
-    def sample(self, pool: ShardPool, batch: int, *, augment: bool) -> dict[str, torch.Tensor]:
-        """One shard's slice: ``input`` ``(batch, 1, crop, crop, crop)`` and ``pde`` ``(batch,)``."""
+    def sample(self, pool: PDEPool, batch: int, *, augment: bool) -> dict[str, torch.Tensor]:
+        """One pool's slice: ``input`` ``(batch, 1, crop, crop, crop)`` and ``pde`` ``(batch,)``."""
         x, pde = pool.sample_crops(batch, self.crop, augment=augment)
         return {"input": x, "pde": pde}
 
@@ -241,22 +241,22 @@ class OnlineCropDataModule(PoolStream, L.LightningDataModule):
         layout = self._layout()
         batches = []
         for s in layout.local:
-            pool = ShardPool(
+            pool = PDEPool(
                 self.families,
                 refresh_fraction=self.refresh_fraction,
                 seed=validation_seed(self.seed),
-                shard=s,
+                pool_index=s,
                 device=device,
                 **self.pool_kwargs,
             )
             for _ in range(self.num_val_batches):
                 for _ in range(max(1, self.val_burn_in_steps)):
                     pool.advance()
-                batches.append(self.validation_sample(pool, layout.samples_per_shard))
+                batches.append(self.validation_sample(pool, layout.samples_per_pool))
         return DataLoader(batches, batch_size=None, num_workers=0)
 
-    def validation_sample(self, pool: ShardPool, batch: int) -> dict[str, torch.Tensor]:
-        """One shard's slice of a validation batch (no augmentation)."""
+    def validation_sample(self, pool: PDEPool, batch: int) -> dict[str, torch.Tensor]:
+        """One pool's slice of a validation batch (no augmentation)."""
         return self.finish(self.sample(pool, batch, augment=False))
 
     def teardown(self, stage: str) -> None:
@@ -304,8 +304,8 @@ class OnlineWindowDataModule(OnlineCropDataModule):
         size = self.window_crop or self.pool_kwargs["n"]
         return {"num_channels": channels, "num_frames": self.window, "crop_size": size, "num_spatial_dims": d}
 
-    def sample(self, pool: ShardPool, batch: int, *, augment: bool) -> dict[str, torch.Tensor]:
-        """One shard's slice of windows."""
+    def sample(self, pool: PDEPool, batch: int, *, augment: bool) -> dict[str, torch.Tensor]:
+        """One pool's slice of windows."""
         return pool.sample_windows(batch, self.window, crop=self.window_crop, augment=augment)
 
     def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -333,8 +333,8 @@ class OnlinePairDataModule(OnlineWindowDataModule):
         spec.pop("num_frames")
         return spec | {"lag": self.lag}
 
-    def sample(self, pool: ShardPool, batch: int, *, augment: bool) -> dict[str, torch.Tensor]:
-        """One shard's slice of lagged pairs."""
+    def sample(self, pool: PDEPool, batch: int, *, augment: bool) -> dict[str, torch.Tensor]:
+        """One pool's slice of lagged pairs."""
         return pool.sample_pairs(batch, self.lag, crop=self.window_crop, augment=augment)
 
     def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

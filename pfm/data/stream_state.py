@@ -20,7 +20,7 @@ the checkpoint keeps: rank 0's by default (a position every process shares), eve
 :class:`PoolStream` (:func:`merge_pool_states`).
 
 :class:`PoolStream` does this for modules whose stream lives in ``self.pools`` (``datagen`` pools with
-``shard``, ``snapshot()`` and ``load_state_dict()``), with checkpoint state ``{"pools": {shard: state}}``.
+``pool_index``, ``snapshot()`` and ``load_state_dict()``), with checkpoint state ``{"pools": {pool_index: state}}``.
 
 Public names: ``TrainedBatchStream``, ``PoolStream``, ``StreamDataset``, ``merge_pool_states``, ``to_cpu``.
 """
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from pfm.data.layout import ShardLayout, shard_layout
+from pfm.data.layout import PoolLayout, pool_layout
 
 __all__ = ["PoolStream", "StreamDataset", "TrainedBatchStream", "merge_pool_states", "to_cpu"]
 
@@ -160,27 +160,27 @@ class PoolStream(TrainedBatchStream):
     """A :class:`TrainedBatchStream` over ``self.pools``; positions are device snapshots of every local pool.
 
     On a GPU with a generation stream (``_cuda_stream``), snapshots are taken on that stream and a position
-    carries an event to wait for before it is read. Checkpoint state: ``{"pools": {shard: pool state on the
-    CPU}}``; :meth:`load_state_dict` before :meth:`setup` is kept until the pools exist (call
+    carries an event to wait for before it is read. Checkpoint state: ``{"pools": {pool_index: pool state on
+    the CPU}}``; :meth:`load_state_dict` before :meth:`setup` is kept until the pools exist (call
     :meth:`_load_pending_state` at the end of ``setup``).
     """
 
     pools: list[Any]
     batch_size: int
-    num_data_shards: int | None
+    num_pools: int | None
     _cuda_stream: Any = None
     _pending_state: dict[str, Any] | None = None
 
-    def _layout(self) -> ShardLayout:
-        """This process's shards of the global ``batch_size`` (see :mod:`pfm.data.layout`)."""
-        return shard_layout(self.trainer, batch_size=self.batch_size, num_data_shards=self.num_data_shards)
+    def _layout(self) -> PoolLayout:
+        """This process's pools of the global ``batch_size`` (see :mod:`pfm.data.layout`)."""
+        return pool_layout(self.trainer, batch_size=self.batch_size, num_pools=self.num_pools)
 
-    def _device_and_layout(self) -> tuple[torch.device, ShardLayout]:
-        """The training device and this process's shards; sets ``samples_per_shard`` (start of ``setup``)."""
+    def _device_and_layout(self) -> tuple[torch.device, PoolLayout]:
+        """The training device and this process's pools; sets ``samples_per_pool`` (start of ``setup``)."""
         trainer = self.trainer
         device = torch.device(trainer.strategy.root_device if trainer is not None else "cpu")
         layout = self._layout()
-        self.samples_per_shard = layout.samples_per_shard
+        self.samples_per_pool = layout.samples_per_pool
         return device, layout
 
     def _generation_context(self) -> contextlib.AbstractContextManager:
@@ -218,7 +218,7 @@ class PoolStream(TrainedBatchStream):
         snapshots, event = self.trained_position()
         if event is not None:
             event.synchronize()
-        return {"pools": {pool.shard: to_cpu(s) for pool, s in zip(self.pools, snapshots, strict=True)}}
+        return {"pools": {pool.pool_index: to_cpu(s) for pool, s in zip(self.pools, snapshots, strict=True)}}
 
     def merge_process_states(self, states: list[dict[str, Any]]) -> dict[str, Any]:
         """Every process's pools in one state (see :func:`merge_pool_states`)."""
@@ -240,19 +240,19 @@ class PoolStream(TrainedBatchStream):
         self._forget_positions()
         saved = state["pools"]
         for pool in self.pools:
-            if pool.shard not in saved:
+            if pool.pool_index not in saved:
                 raise ValueError(
-                    f"The checkpoint has no data state for shard {pool.shard} (it holds {sorted(saved)}); "
-                    "resume with the same data.num_data_shards."
+                    f"The checkpoint has no data state for pool {pool.pool_index} (it holds {sorted(saved)}); "
+                    "resume with the same data.num_pools."
                 )
         with self._generation_context():
             for pool in self.pools:
-                pool.load_state_dict(saved[pool.shard])
+                pool.load_state_dict(saved[pool.pool_index])
 
 
 def merge_pool_states(states: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rank 0's state with the ``pools`` of every process (each holds its own shards) merged into one dict."""
-    return {**states[0], "pools": {shard: pool for state in states for shard, pool in state["pools"].items()}}
+    """Rank 0's state with the ``pools`` of every process (each holds its own pools) merged into one dict."""
+    return {**states[0], "pools": {index: pool for state in states for index, pool in state["pools"].items()}}
 
 
 def to_cpu(state: Any) -> Any:
