@@ -8,11 +8,15 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
 import yaml
+
+if TYPE_CHECKING:
+    from pfm.data import OnlineFieldDataModule
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -48,6 +52,18 @@ BURGERS = {"name": "burgers", "dt": 0.002, "coefficients": {"diffusivity": [0.04
 def family_config(name: str, **overrides: object) -> dict:
     """The shipped family config ``conf/data/pde/<name>.yaml`` as a dict, with ``overrides`` on top."""
     return {**yaml.safe_load((CONF_DIR / "data" / "pde" / f"{name}.yaml").read_text()), **overrides}
+
+
+def small_gray_scott() -> dict:
+    """Gray-Scott on a box of 0.5, one step a frame, no warm-up: a cheap two-field family for data tests."""
+    return family_config("gray_scott", length=0.5, warmup_steps=0, substeps=1)
+
+
+def online_gray_scott(**kwargs: object) -> OnlineFieldDataModule:
+    """An online source of 2-frame windows of :func:`small_gray_scott` on a 16^2 grid (mixed-source tests)."""
+    from pfm.data import OnlineFieldDataModule  # imported here: most tests never load pfm.data
+
+    return OnlineFieldDataModule({"g": small_gray_scott()}, num_spatial_dims=2, n=16, num_frames=2, **kwargs)
 
 
 # ------------------------------------------------------------------ every test starts from the same state

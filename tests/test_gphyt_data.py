@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import family_config
+from conftest import family_config, online_gray_scott, small_gray_scott
 from well_files import make_well_dataset
 
 from datagen.fields import field_names
@@ -42,7 +42,7 @@ def test_online_windows_name_fields_and_mask_absent_ones() -> None:
     dm = OnlineFieldDataModule(
         {
             "v": family_config("navier_stokes_vorticity"),
-            "g": family_config("gray_scott", length=0.5, warmup_steps=0, substeps=1),
+            "g": small_gray_scott(),
             "u": family_config("navier_stokes_velocity"),
         },
         num_spatial_dims=2,
@@ -209,16 +209,7 @@ def test_mixed_sources_follow_their_weights(tmp_path: Path) -> None:
     sources = {
         "a": WellDataModule(str(tmp_path / "a"), num_frames=2, batch_size=1, rename={"pressure": "density"}),
         "b": WellDataModule(str(tmp_path / "b"), num_frames=2, batch_size=1),
-        "online": OnlineFieldDataModule(
-            {"g": family_config("gray_scott", length=0.5, warmup_steps=0, substeps=1)},
-            num_spatial_dims=2,
-            n=16,
-            num_frames=2,
-            batch_size=1,
-            num_trajectories=1,
-            num_val_batches=1,
-            val_burn_in_steps=1,
-        ),
+        "online": online_gray_scott(batch_size=1, num_trajectories=1, num_val_batches=1, val_burn_in_steps=1),
     }
     dm = MixedFieldDataModule(sources, weights={"a": 1.0, "b": 6.0, "online": 1.0}, seed=1)
     assert dm.pde_names == ["flow_a", "flow_b", "gray_scott"]
@@ -245,12 +236,7 @@ def test_mixed_sources_follow_their_weights(tmp_path: Path) -> None:
 def test_mixed_rejects_inconsistent_sources(tmp_path: Path) -> None:
     make_well_dataset(tmp_path, grid=(8, 6, 4))
     well3d = WellDataModule(str(tmp_path), num_frames=2)
-    online2d = OnlineFieldDataModule(
-        {"g": family_config("gray_scott", length=0.5, warmup_steps=0, substeps=1)},
-        num_spatial_dims=2,
-        n=16,
-        num_frames=2,
-    )
+    online2d = online_gray_scott()
     with pytest.raises(ValueError, match="num_spatial_dims"):
         MixedFieldDataModule({"w": well3d, "o": online2d})
     with pytest.raises(ValueError, match=r"not among data\.sources"):

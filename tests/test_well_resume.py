@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import family_config, pfm_train
+from conftest import online_gray_scott, pfm_train
 from recording import fit_recording
 from well_files import make_well_dataset
 
 from pfm.checkpoints import read_checkpoint
-from pfm.data import MixedFieldDataModule, OnlineFieldDataModule, WellDataModule
+from pfm.data import MixedFieldDataModule, WellDataModule
 from pfm.data.well import _EpochBatches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,16 +36,7 @@ def _well(path: Path, **kwargs) -> WellDataModule:
 
 
 def _mixed(wells: dict[str, Path]) -> MixedFieldDataModule:
-    online = OnlineFieldDataModule(
-        {"g": family_config("gray_scott", length=0.5, warmup_steps=0, substeps=1)},
-        num_spatial_dims=2,
-        n=16,
-        num_frames=2,
-        batch_size=2,
-        num_trajectories=1,
-        num_val_batches=1,
-        val_burn_in_steps=1,
-    )
+    online = online_gray_scott(batch_size=2, num_trajectories=1, num_val_batches=1, val_burn_in_steps=1)
     sources = {"a": _well(wells["a"], batch_size=2), "b": _well(wells["b"], batch_size=3), "online": online}
     return MixedFieldDataModule(sources, weights={"a": 1.0, "b": 1.0, "online": 1.0}, seed=3)
 
