@@ -21,9 +21,11 @@ COMMANDS = [
     ["pfm", "list"],
     ["pfm", "info"],
     ["pfm", "data", "--help"],
+    ["pfm", "embed", "--help"],
     ["pfm", "sample", "--help"],
     ["pfm", "evaluate", "--help"],
     ["pfm-datagen", "--help"],
+    ["pfm-datagen", "write", "--help"],
     ["pfm-datagen", "list"],
 ]
 HEAVY = ("torch", "lightning", "hydra", "h5py", "matplotlib", "webdataset", "huggingface_hub", "transformers")
@@ -56,7 +58,7 @@ def main() -> None:
             subprocess.run([str(bindir / command[0]), *command[1:]], capture_output=True, env=env, check=True)
             times.append(time.perf_counter() - start)
         print(
-            f"{' '.join(command):22s} median {statistics.median(times):5.2f} s  min {min(times):5.2f} s  "
+            f"{' '.join(command):24s} median {statistics.median(times):5.2f} s  min {min(times):5.2f} s  "
             f"loads: {', '.join(loaded(command, env)) or '-'}"
         )
 

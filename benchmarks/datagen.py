@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from datagen.bench import TABLE_HEADER, _sync, family_row, solver_throughput  # noqa: E402
-from datagen.cli import load_family  # noqa: E402
+from datagen.families import load_family  # noqa: E402
 from datagen.pdes import check_limits, get_pde, known_pdes  # noqa: E402
 from datagen.spectral import Grid  # noqa: E402
 

@@ -23,7 +23,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import torch  # noqa: E402
 
 from datagen import FamilySpec, PDEPool  # noqa: E402
-from datagen.cli import load_family  # noqa: E402
+from datagen.families import load_family  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

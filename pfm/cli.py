@@ -4,8 +4,9 @@ Each subcommand group lives beside the code it drives and registers itself throu
 function in its module; ``COMMANDS`` below names that module and the one-line help of each subcommand, so a
 new command is one entry here and one module there. Only the chosen subcommand's module is imported: ``pfm
 --help`` imports no torch, Lightning or Hydra, and ``pfm data check`` only what ``pfm.wellfmt`` needs. A
-command whose code loads them (``pfm sample``, ``pfm evaluate``: :mod:`pfm.commands`) sets ``func`` to a
-``"module:function"`` string, which is imported only when the command runs, so its ``--help`` stays cheap.
+command whose code loads them (``pfm sample``, ``pfm evaluate``: :mod:`pfm.commands`; ``pfm embed``) sets ``func``
+to a ``"module:function"`` string, which is imported only when the command runs
+(:func:`datagen.lazy.import_function`), so its ``--help`` stays cheap.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable
+
+from datagen.lazy import import_function
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -71,15 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(_command(argv)).parse_args(argv)
-    return _function(args.func)(args)
-
-
-def _function(func: Callable[[argparse.Namespace], int] | str) -> Callable[[argparse.Namespace], int]:
-    """``func`` itself, or the function that a ``"module:function"`` string names, imported now."""
-    if not isinstance(func, str):
-        return func
-    module, name = func.split(":")
-    return getattr(importlib.import_module(module), name)
+    return import_function(args.func)(args)
 
 
 if __name__ == "__main__":

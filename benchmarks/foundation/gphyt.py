@@ -80,7 +80,7 @@ def trajectories(family: str, count: int, frames: int, n: int, seed: int) -> np.
     """
     import torch
 
-    from datagen.cli import load_family
+    from datagen.families import load_family
     from datagen.pool import PDEPool
 
     pool = PDEPool(
@@ -99,7 +99,7 @@ def trajectories(family: str, count: int, frames: int, n: int, seed: int) -> np.
 
 def write_held_out(folder: Path, frames: int, test: int, log_dir: Path, grid: int = 32) -> Path:
     """The held-out family as a dataset in The Well's layout (``pfm data convert``); returns its folder."""
-    from datagen.cli import load_family
+    from datagen.families import load_family
     from datagen.fields import field_names
     from datagen.seeding import derive_seed
 

@@ -76,7 +76,7 @@ def write_dataset(
     import torch
     import yaml
 
-    from datagen.cli import load_family
+    from datagen.families import load_family
     from datagen.pool import PDEPool
 
     # 0.02 time units a frame: dt 0.005 (CFL 0.48 at the amplitude 3 of the family's limits), 4 steps

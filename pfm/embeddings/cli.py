@@ -1,108 +1,29 @@
-"""``pfm embed``: per-residue embeddings of the sequences of a FASTA file, written to a resumable table."""
+"""``pfm embed``'s arguments, apart from its code (:func:`pfm.embeddings.fasta.run`, which loads torch).
+
+``func`` names the code as ``"pfm.embeddings.fasta:run"``, which :func:`pfm.cli.main` imports only when the
+command runs, so ``pfm embed --help`` (and a mistyped flag) answers without loading torch.
+"""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from datagen.argtypes import at_least
-from pfm.embeddings.providers import PROVIDERS
-from pfm.embeddings.table import EmbeddingTable, sequence_key, write_table
 
-__all__ = ["add_parser", "embed_fasta", "read_fasta"]
+__all__ = ["PROVIDER_NAMES", "add_parser"]
 
-
-def read_fasta(path: str | Path) -> list[tuple[str, str]]:
-    """``[(name, sequence)]`` of a FASTA file (names up to the first space; sequences upper-cased)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"FASTA file {path} does not exist.")
-    records: list[tuple[str, list[str]]] = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith(">"):
-            records.append((line[1:].split()[0] if len(line) > 1 else f"seq{len(records)}", []))
-        elif not records:
-            raise ValueError(f"{path}:{number}: sequence before the first '>' header; expected FASTA.")
-        else:
-            records[-1][1].append(line.upper())
-    out = [(name, "".join(parts)) for name, parts in records]
-    empty = [name for name, seq in out if not seq]
-    if not out or empty:
-        raise ValueError(f"{path}: no sequences, or empty records {empty[:5]}; expected FASTA.")
-    return out
-
-
-def embed_fasta(
-    fasta: str | Path,
-    out: str | Path,
-    provider: str,
-    *,
-    weights: str | None = None,
-    layer: int | None = None,
-    batch_size: int = 8,
-    device: str = "cpu",
-    progress: bool = True,
-) -> Path:
-    """Embed every sequence of ``fasta`` not yet in ``out``; the table is rewritten atomically per batch."""
-    if provider not in PROVIDERS:
-        raise ValueError(f"Unknown provider {provider!r}; expected one of {sorted(PROVIDERS)}.")
-    records = read_fasta(fasta)
-    out = Path(out)
-    embeddings, sequences = {}, {}
-    if out.exists():  # resume: keep what an earlier (possibly interrupted) run wrote
-        table = EmbeddingTable(out)
-        if table.provider != provider:
-            raise ValueError(
-                f"{out} was written by provider {table.provider!r}, not {provider!r}; use another --out."
-            )
-        embeddings = dict(table.items())
-        sequences = dict(table.sequences)
-    todo = sorted({seq for _, seq in records if sequence_key(seq) not in embeddings}, key=len)
-    if not todo:
-        return out
-    kwargs = {} if provider == "identity" else {"weights": weights, "layer": layer, "device": device}
-    model = PROVIDERS[provider](**kwargs)
-
-    bar = tqdm(total=len(todo), desc=f"pfm embed ({provider})", unit="seq", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        for seq, emb in zip(batch, model.embed(batch), strict=True):
-            embeddings[sequence_key(seq)] = emb
-            sequences[sequence_key(seq)] = seq
-        write_table(out, embeddings, sequences, provider)
-        bar.update(len(batch))
-    bar.close()
-    return out
-
-
-def _run(args: argparse.Namespace) -> int:
-    out = embed_fasta(
-        args.fasta,
-        args.out,
-        args.provider,
-        weights=args.weights,
-        layer=args.layer,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
-    table = EmbeddingTable(out)
-    print(f"{out}: {len(table)} sequences, {table.dim} wide ({table.provider})")
-    return 0
+# the keys of pfm.embeddings.providers.PROVIDERS, whose module loads torch (a test keeps the two equal)
+PROVIDER_NAMES = ("esm2", "esmc", "identity")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``pfm embed``."""
     p = sub.add_parser("embed")
-    p.add_argument("--provider", required=True, choices=sorted(PROVIDERS))
+    p.add_argument("--provider", required=True, choices=PROVIDER_NAMES)
     p.add_argument("--fasta", required=True, help="sequences to embed (one-letter codes)")
     p.add_argument("--out", required=True, help="table to write (.safetensors); existing entries are kept")
     p.add_argument("--weights", help="LOCAL folder of the pLM (esm2: transformers folder; esmc: .pth)")
     p.add_argument("--layer", type=int, default=None, help="hidden layer to read (default: final embeddings)")
     p.add_argument("--batch-size", type=at_least(1, 8), default=8)
     p.add_argument("--device", default="cpu")
-    p.set_defaults(func=_run)
+    p.set_defaults(func="pfm.embeddings.fasta:run")
