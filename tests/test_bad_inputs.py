@@ -406,6 +406,25 @@ CASES = [
         ("diffusivity", "-0.1"),
         ("use diffusivity >= 0",),
     ),
+    # a negative coefficient under a resolved width's sqrt (Allen-Cahn, Cahn-Hilliard, Fisher-KPP, Gray-Scott)
+    Case(
+        "negative gamma (Cahn-Hilliard's interface width)",
+        lambda t: make_stepper("cahn_hilliard", dim=2, n=32, dt=0.01, gamma=-0.1),
+        ValueError,
+        ("gamma", "-0.1", "below the limit 0"),
+        ("use gamma >= 0",),
+    ),
+    Case(
+        "negative diffusivity in a pool's range (Fisher-KPP's front width)",
+        lambda t: PDEPool(
+            [FamilySpec("fisher_kpp", dt=0.001, coefficients={"diffusivity": [-0.001, 0.001]})],
+            n=32,
+            num_trajectories=1,
+        ),
+        ValueError,
+        ("diffusivity", "-0.001", "below the limit 0"),
+        ("use diffusivity >= 0",),
+    ),
     Case(
         "zero time step",
         lambda t: make_stepper("diffusion", dim=2, n=32, dt=0.0),

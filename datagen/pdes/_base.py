@@ -157,11 +157,12 @@ def resolved_width(width: str, coefficient: str, value: float, rate: float, grid
     """A length scale ``sqrt(value / rate)`` (interface, front, pattern) spans at least half a grid cell.
 
     ``width`` names it in the message (``"front width sqrt(diffusivity / reactivity)"``), ``coefficient``
-    is what the fix raises.
+    is what the fix raises. A negative ``value`` reads as width 0 here: the family's ``nonnegative`` limit of
+    it, listed before this one, is the one reported (naming the value and ``>= 0``), not a math domain error.
     """
     return Limit(
         f"{width} / dx",
-        math.sqrt(value / max(rate, 1e-30)) / grid.dx,
+        math.sqrt(max(value, 0.0) / max(rate, 1e-30)) / grid.dx,
         0.5,
         f"use {coefficient} >= {rate * (0.5 * grid.dx) ** 2:.3g} or more grid points",
         upper=False,
