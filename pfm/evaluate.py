@@ -44,6 +44,7 @@ from datagen.seeding import derive_seed
 from pfm.build import load_pretrained, load_tito
 from pfm.checkpoints import read_run_info
 from pfm.commands import add_parser
+from pfm.config_check import moved_override_problems
 from pfm.data.well_dataset import WellDataset
 from pfm.evaluation import evaluate_chains
 from pfm.evaluation.metrics import parse_windows
@@ -120,7 +121,9 @@ def _task(model: torch.nn.Module, config: Mapping[str, Any], kind: str, fields: 
 
 # ---------------------------------------------------------------------------------------------------- the data
 def _split_overrides(overrides: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
-    """``(data choice, data.* overrides, evaluation.* overrides)``; anything else is refused."""
+    """``(data choice, data.* overrides, evaluation.* overrides)``; anything else, or a renamed key, is refused."""
+    if moved := moved_override_problems(overrides):  # Hydra or the DataModule would not name the new key
+        raise ValueError(" ".join(moved))
     choice, data, evaluation = None, [], []
     for item in overrides:
         key, eq, _ = item.lstrip("+").partition("=")
@@ -386,6 +389,7 @@ def _context(args: argparse.Namespace, kind: str, data_cfg: Mapping[str, Any], m
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``pfm evaluate`` with parsed ``args``; returns the metrics.json record."""
     out = Path(args.out)
+    _split_overrides(args.overrides)  # a bad override fails before the checkpoint is loaded
     model, config = load_for_evaluation(args.checkpoint)
     kind = _kind(model, config)
     device = torch.device(args.device)

@@ -220,6 +220,13 @@ CASES = [
         ("Fix: write data.num_pools=2",),
     ),
     Case(
+        "num_data_shards (renamed num_pools) in pfm evaluate's overrides",
+        _pfm(["evaluate", "TMP/last.ckpt", "data.num_data_shards=2", "--out", "TMP/eval"]),
+        ValueError,
+        ("data.num_data_shards=2", "the key is now data.num_pools"),
+        ("Fix: write data.num_pools=2",),
+    ),
+    Case(
         "ShardPool (renamed PDEPool) imported",
         lambda t: exec("from datagen import ShardPool"),
         ImportError,
