@@ -166,7 +166,7 @@ def check_fusable(device: torch.device) -> None:
     except RuntimeError as error:
         raise RuntimeError(f"fuse=True needs torch.compile, which is unavailable: {error}. {_FIX}") from error
     if torch.device(device).type == "cuda":
-        from torch.utils._triton import has_triton
+        from torch.utils._triton import has_triton  # triton: seconds to import, and only on CUDA
 
         if not has_triton():
             raise RuntimeError(

@@ -24,7 +24,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from pfm.checkpoints.export import strip_prefix, verify_export
+from pfm.checkpoints.export import strip_prefix
 from pfm.checkpoints.pretrained import (
     NAME_PATTERN,
     foreign_state,
@@ -32,7 +32,7 @@ from pfm.checkpoints.pretrained import (
     load_weights,
     resolve_source,
 )
-from pfm.checkpoints.registry import get_entry
+from pfm.checkpoints.registry import get_entry, verify_export
 from pfm.checkpoints.run_description import read_run_info
 from pfm.config_check import check_config
 from pfm.models import PLaTITO

@@ -21,7 +21,7 @@ def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib's pyplot, only once the backend above is chosen
 
     return plt
 

@@ -83,6 +83,41 @@ def test_hydra_only_at_entry_points() -> None:
     assert not offenders, f"Hydra composition belongs to the entry points only: {offenders}"
 
 
+def _function_level_imports(path: Path) -> list[tuple[int, str]]:
+    """``(line, reason)`` of each import whose enclosing scope is a function; the reason is the comment on its
+    lines, or on the comment, import or ``try:`` lines right above it ("" when there is none)."""
+    lines = path.read_text().splitlines()
+
+    def reason(node: ast.stmt) -> str:
+        comments = [line.partition("#")[2] for line in lines[node.lineno - 1 : node.end_lineno]]
+        row = node.lineno - 2
+        while row >= 0 and lines[row].strip().startswith(("#", "import ", "from ", "try:")):
+            comments.append(lines[row].partition("#")[2])
+            row -= 1
+        return " ".join(c.strip() for c in comments if c.strip())
+
+    found = []
+
+    def walk(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, ast.Import | ast.ImportFrom):
+                found.append((child.lineno, reason(child)))
+            walk(child, in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef))
+
+    walk(ast.parse("\n".join(lines), filename=str(path)), False)
+    return found
+
+
+def test_every_function_level_import_says_what_it_avoids_loading() -> None:
+    """An import inside a function stays only to avoid loading an optional or slow dependency, with a comment
+    naming it (docs/architecture.md, "Layers")."""
+    files = sorted((REPO / "pfm").rglob("*.py")) + sorted((REPO / "datagen").rglob("*.py"))
+    silent = [
+        f"{p.relative_to(REPO)}:{line}" for p in files for line, why in _function_level_imports(p) if not why
+    ]
+    assert not silent, f"function-level imports without a comment naming what they avoid loading: {silent}"
+
+
 def _imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     found = set()

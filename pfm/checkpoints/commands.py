@@ -14,9 +14,17 @@ from typing import Any
 
 import yaml
 
+import datagen
 import pfm
 from pfm.checkpoints.download import DownloadError, cached_file, fetch, recorded_hash, sha256_file
-from pfm.checkpoints.registry import entry_yaml, export_entry, get_entry, load_registry, user_registry_path
+from pfm.checkpoints.registry import (
+    entry_yaml,
+    export_entry,
+    get_entry,
+    load_registry,
+    user_registry_path,
+    verify_export,
+)
 from pfm.io import atomic_path
 
 __all__ = ["add_parser"]
@@ -67,10 +75,8 @@ def _download(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     if args.name is None:
-        # imported when asked for: torch and datagen take seconds; `pfm list`, `pfm download` start without them
+        # imported when asked for: torch takes seconds; `pfm list`, `pfm download`, `pfm info NAME` start without it
         import torch
-
-        import datagen
 
         print(
             f"pfm {pfm.__version__}, torch {torch.__version__}, cuda available: {torch.cuda.is_available()}"
@@ -121,23 +127,10 @@ def _pin(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
-    from pfm.checkpoints.export import export_checkpoint  # imported when run: it loads torch (seconds)
-
-    out = export_checkpoint(args.checkpoint, args.out)
-    print(f"# registry entry for {out} (add it under `models:` of your registry; publish rewrites the urls):")
-    print(entry_yaml(args.name or Path(out).resolve().name, export_entry(out)), end="")
-    for name in ("model.safetensors", "config.yaml", "README.md", "SHA256SUMS"):
-        print(out / name)
-    return 0
-
-
 _PUBLISHED = ("model.safetensors", "config.yaml", "README.md", "SHA256SUMS")
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from pfm.checkpoints.export import verify_export  # imported when run: its module loads torch (seconds)
-
     folder = Path(args.export_dir)
     missing = [n for n in _PUBLISHED if not (folder / n).is_file()]
     if missing:
@@ -215,7 +208,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a step*.ckpt / last.ckpt file or DeepSpeed checkpoint folder")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--name", help="name for the printed registry entry (default: the folder's name)")
-    p.set_defaults(func=_export)
+    p.set_defaults(func="pfm.checkpoints.export:run")  # its module loads torch: imported when it runs
     p = sub.add_parser("publish")
     p.add_argument("export_dir", help="a folder written by `pfm export`")
     p.add_argument("--repo", required=True, help="ORG/NAME of the Hub model repository (created if missing)")

@@ -1,5 +1,8 @@
 """``pfm export``: any training checkpoint (file, or DeepSpeed ZeRO shards) -> a publishable model folder.
 
+:func:`run` is the command's code (its arguments are in :mod:`pfm.checkpoints.commands`, which names it as
+``"pfm.checkpoints.export:run"`` so that the other checkpoint commands load no torch).
+
 The folder holds ``model.safetensors`` (the network's weights, fp32, names as in the plain ``nn.Module``),
 ``config.yaml`` (the model, head and data-shape config that ``pfm.build.load_exported`` rebuilds it from),
 a ``README.md`` model card, and ``SHA256SUMS``. Every file is written atomically.
@@ -7,6 +10,7 @@ a ``README.md`` model card, and ``SHA256SUMS``. Every file is written atomically
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,17 +20,18 @@ from omegaconf import OmegaConf
 from safetensors.torch import save
 
 from pfm.checkpoints.files import is_complete, read_checkpoint
+from pfm.checkpoints.registry import entry_yaml, export_entry
 from pfm.extras import require_extra
-from pfm.io import read_sha256sums, sha256_file, write_atomic
+from pfm.io import sha256_file, write_atomic
 from pfm.unpickle import check_checkpoint, refused_globals, safe_load
 
 __all__ = [
     "NETWORK_PREFIX",
     "export_checkpoint",
     "network_weights",
+    "run",
     "strip_prefix",
     "training_state_dict",
-    "verify_export",
 ]
 
 NETWORK_PREFIX = "model."  # the task holds its network (model, or head wrapping it) as `self.model`
@@ -70,6 +75,7 @@ def training_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir() and (path / "checkpoint").is_dir():
         require_extra("deepspeed", "deepspeed", f"Reading the DeepSpeed checkpoint folder {path}")
+        # the optional deepspeed extra (seconds to import), needed only for ZeRO checkpoint folders
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         check_checkpoint(path)
@@ -181,12 +187,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def verify_export(directory: str | Path) -> None:
-    """Check every file listed in an export folder's ``SHA256SUMS``; a mismatch raises naming both hashes."""
-    directory = Path(directory)
-    for name, digest in read_sha256sums(directory).items():
-        actual = sha256_file(directory / name)
-        if actual != digest:
-            raise ValueError(
-                f"{directory / name} has SHA-256 {actual}, expected {digest}; re-export or re-download."
-            )
+def run(args: argparse.Namespace) -> int:
+    """Run ``pfm export``: write the folder, then print its registry entry and its files' paths."""
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(f"# registry entry for {out} (add it under `models:` of your registry; publish rewrites the urls):")
+    print(entry_yaml(args.name or Path(out).resolve().name, export_entry(out)), end="")
+    for name in ("model.safetensors", "config.yaml", "README.md", "SHA256SUMS"):
+        print(out / name)
+    return 0

@@ -16,7 +16,8 @@ Schema (bundled and user files alike)::
 
 The user registry is ``$PFM_REGISTRY`` or ``~/.config/pfm/registry.yaml``; an entry there replaces the bundled
 entry of the same name. Public names: :class:`Entry`, :class:`FileSpec`, :func:`load_registry`,
-:func:`get_entry`, :func:`user_registry_path`, :func:`entry_yaml`, :func:`export_entry`, :data:`STATUSES`.
+:func:`get_entry`, :func:`user_registry_path`, :func:`entry_yaml`, :func:`export_entry` and :func:`verify_export`
+(an export folder's entry and its ``SHA256SUMS`` check; no torch), :data:`STATUSES`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
     "get_entry",
     "load_registry",
     "user_registry_path",
+    "verify_export",
 ]
 
 # supported: pfm builds the model and loads these weights; unsupported: listed, pfm cannot build it yet
@@ -372,3 +374,14 @@ def _model_choice(model_cfg: Mapping[str, Any]) -> str | None:
         if cfg.get("_target_") == model_cfg.get("_target_") and cfg.get("size") == model_cfg.get("size"):
             return path.stem
     return None
+
+
+def verify_export(directory: str | Path) -> None:
+    """Check every file listed in an export folder's ``SHA256SUMS``; a mismatch raises naming both hashes."""
+    directory = Path(directory)
+    for name, digest in read_sha256sums(directory).items():
+        actual = sha256_file(directory / name)
+        if actual != digest:
+            raise ValueError(
+                f"{directory / name} has SHA-256 {actual}, expected {digest}; re-export or re-download."
+            )

@@ -45,7 +45,7 @@ def _xformers_attention(
             f"attention_backend='xformers' needs CUDA tensors, got tensors on {q.device.type!r}; "
             "use attention_backend='sdpa' on this device."
         )
-    try:  # the optional gpu extra
+    try:  # xformers: the optional gpu extra
         import xformers.ops as xops
     except ImportError as error:
         raise RuntimeError(
