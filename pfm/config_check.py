@@ -34,6 +34,7 @@ import torch
 from hydra.utils import get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from pfm.checkpoints.run_description import RENAMED_KEYS
 from pfm.distributed.trainer_switches import merge_trainer_switches
 from pfm.unpickle import check_safetensors
 
@@ -55,9 +56,9 @@ MOVED_MODULES = {
     "pfm.distributed.loss": "pfm.callbacks.global_loss",
     "datagen.graphs": "datagen.cuda_graphs",
 }
-# Keys renamed since configs were written with them (old -> new): an old key fails naming the new one. A
-# checkpoint that recorded an old key still resumes (pfm.checkpoints.run_description.RENAMED_KEYS).
-MOVED_KEYS = {"num_data_shards": "num_pools"}
+# Keys renamed since configs were written with them (old -> new): an old key in a config fails naming the new
+# one, while a checkpoint that recorded it still resumes; one table serves both.
+MOVED_KEYS = RENAMED_KEYS
 
 
 @dataclass(frozen=True)

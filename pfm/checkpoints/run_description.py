@@ -20,7 +20,7 @@ __all__ = ["RENAMED_KEYS", "current_names", "read_run_info", "run_info"]
 
 # Keys renamed since checkpoints were written with them (old -> new), at the top of a run description and in
 # its data config; read under the new name, so such a checkpoint still resumes and evaluates. A config typed
-# with an old key is refused by the config check instead (pfm.config_check.MOVED_KEYS).
+# with an old key is refused by the config check instead (pfm.config_check.MOVED_KEYS is this table).
 RENAMED_KEYS = {"num_data_shards": "num_pools"}
 
 
