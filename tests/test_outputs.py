@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,8 @@ def test_run_outputs_follow_the_umask_and_the_bar_counts_steps(tmp_path: Path, u
     # the closing summary: steps of this fit, its wall time and the last validation figures, from the run's log
     summary = [ln for ln in (tmp_path / "run" / "train.log").read_text().splitlines() if "Trained " in ln]
     assert len(summary) == 1 and "Trained 3 steps in 0 min" in summary[0], summary
+    rate = re.search(r"\((\d+\.\d\d) it/s;", summary[0])
+    assert rate and float(rate.group(1)) > 0, summary  # the machine's speed, quoted beside a time
     metrics = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()
     column = metrics[0].split(",").index("val/nrmse")
     last = [row.split(",")[column] for row in metrics[1:] if row.split(",")[column]][-1]

@@ -61,10 +61,12 @@ class FitSummary(L.Callback):
             log.info("%s", self.summary(trainer, time.perf_counter() - self.started))
 
     def summary(self, trainer: L.Trainer, seconds: float) -> str:
-        """``Trained N steps in M min S s (...); last validation: val/...=...``."""
+        """``Trained N steps in M min S s (R it/s; ...); last validation: val/...=...``."""
         minutes, secs = divmod(round(seconds), 60)
-        line = f"Trained {trainer.global_step - self.start_step} steps in {minutes} min {secs:02d} s"
-        line += " (training wall time, validation included)"
+        steps = trainer.global_step - self.start_step
+        line = f"Trained {steps} steps in {minutes} min {secs:02d} s"
+        # the machine's speed on the day, the figure to quote beside a time (README, "What it reaches")
+        line += f" ({steps / max(seconds, 1e-9):.2f} it/s; training wall time, validation included)"
         metrics = {
             k: float(v)
             for k, v in trainer.callback_metrics.items()
