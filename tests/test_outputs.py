@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from datagen.shards import _atomic_write as shard_write
 from pfm.callbacks import LossCurvePlot, StepProgressBar
-from pfm.callbacks.plots import write_panels
+from pfm.callbacks.plots import _first_samples, write_panels
 from pfm.io import atomic_path, current_umask
 from pfm.io import write_atomic as export_write
 
@@ -170,3 +170,17 @@ def test_progress_bar_of_a_resumed_run_starts_at_its_step(tmp_path: Path) -> Non
     assert bar.start == 3
     assert second.global_step == 5
     assert bar.train_progress_bar.total == 5 and bar.train_progress_bar.n == 5
+
+
+def test_the_example_picture_takes_its_samples_from_as_many_batches_as_it_needs() -> None:
+    """The demo's validation batches hold 2 crops; its picture shows 4, from the first two batches in order."""
+    batches = [
+        {"input": torch.full((2, 1, 4), float(i)), "pde": torch.tensor([i, i]), "name": i} for i in range(3)
+    ]
+    joined = _first_samples(batches, 4)
+    assert joined["input"][:, 0, 0].tolist() == [0.0, 0.0, 1.0, 1.0] and joined["name"] == 0
+    assert joined["pde"].tolist() == [0, 0, 1, 1]
+    assert _first_samples(batches, 1)["input"].shape[0] == 1
+    # chains padded to each batch's longest cannot be joined: the first batch alone
+    ragged = [{"input": torch.zeros(2, 5)}, {"input": torch.ones(2, 7)}]
+    assert _first_samples(ragged, 4)["input"].shape == (2, 5)

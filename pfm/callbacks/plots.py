@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -81,20 +82,21 @@ class ExamplePlot(L.Callback):
     are comparable.
     """
 
-    def __init__(self, out_dir: str | Path) -> None:
+    def __init__(self, out_dir: str | Path, num_samples: int = 4) -> None:
         self.out_dir = Path(out_dir)
+        self.num_samples = num_samples  # from as many validation batches as it takes (the demo's hold 2)
         self.written: Path | None = None
 
     @torch.no_grad()
     def on_train_end(self, trainer, pl_module) -> None:
-        """Run the task on the first validation batch and save its panels (rank 0 only)."""
+        """Run the task on the first ``num_samples`` validation samples and save its panels (rank 0 only)."""
         if (
             not trainer.is_global_zero
             or trainer.datamodule is None
             or not hasattr(pl_module, "example_panels")
         ):
             return
-        batch = next(iter(_validation_loader(trainer)))
+        batch = _first_samples(_validation_loader(trainer), self.num_samples)
         batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         was_training = pl_module.training
         pl_module.eval()
@@ -154,6 +156,26 @@ class ChainEvaluation(L.Callback):
             logger.log_metrics({f"eval/{k}": v for k, v in results.items()}, step=trainer.global_step)
             logger.save()
         log.info("Evaluation: %s", json.dumps(results))
+
+
+def _first_samples(loader: Any, count: int) -> dict[str, Any]:
+    """The first ``count`` samples of ``loader`` as one batch: tensors joined along dim 0, other values the first's.
+
+    Batches whose tensors differ beyond dim 0 (chains padded to each batch's longest) are not joined: the first
+    batch is used alone.
+    """
+    batches: list[dict[str, Any]] = []
+    seen = 0
+    for batch in loader:
+        batches.append(batch)
+        seen += len(next(v for v in batch.values() if torch.is_tensor(v) and v.dim() > 0))
+        if seen >= count:
+            break
+    first = batches[0]
+    joinable = {k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0}
+    if any(b[k].shape[1:] != first[k].shape[1:] for b in batches[1:] for k in joinable):
+        return first
+    return {k: torch.cat([b[k] for b in batches])[:count] if k in joinable else v for k, v in first.items()}
 
 
 def _validation_loader(trainer: L.Trainer):
