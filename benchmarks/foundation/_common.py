@@ -33,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,26 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     return args
+
+
+def add_override_flags(parser: argparse.ArgumentParser) -> None:
+    """``--pretrain-set`` and ``--finetune-set``: more pfm-train overrides of pretraining and of both arms."""
+    parser.add_argument(
+        "--pretrain-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more pfm-train overrides of pretraining",
+    )
+    parser.add_argument(
+        "--finetune-set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides of both arms' runs"
+    )
+
+
+def with_flags(sizes: Mapping[str, Any], args: argparse.Namespace, keys: Sequence[str]) -> dict[str, Any]:
+    """``sizes`` with each of ``keys`` replaced by its command-line flag where one was given."""
+    given = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+    return {**sizes, **given}
 
 
 # ------------------------------------------------------------------------------------------- load and timing

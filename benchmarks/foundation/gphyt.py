@@ -40,6 +40,7 @@ from _common import (
     BIN,
     Results,
     Stages,
+    add_override_flags,
     evaluate,
     make_parser,
     parse_args,
@@ -47,6 +48,7 @@ from _common import (
     pfm_train,
     plot_error_vs_n,
     run_command,
+    with_flags,
     write_summary,
 )
 
@@ -217,21 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         "--finetune-steps", type=int, default=None, help="steps of every arm's run (full 150)"
     )
     parser.add_argument("--grid", type=int, default=32, help="side of the held-out fields (the model's grid)")
-    parser.add_argument(
-        "--pretrain-set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="more pfm-train overrides of pretraining",
-    )
-    parser.add_argument(
-        "--finetune-set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides of both arms' runs"
-    )
+    add_override_flags(parser)
     args = parse_args(parser, argv)
-    sizes = dict(QUICK if args.quick else FULL)
-    for key in ("pretrain_steps", "finetune_steps"):
-        if getattr(args, key) is not None:
-            sizes[key] = getattr(args, key)
+    sizes = with_flags(QUICK if args.quick else FULL, args, ("pretrain_steps", "finetune_steps"))
     out = args.out
     (out / "eval").mkdir(exist_ok=True)
     stages, results = Stages(), Results()

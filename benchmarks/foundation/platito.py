@@ -67,6 +67,7 @@ from _common import (  # noqa: E402
     parse_args,
     pfm_export,
     plot_error_vs_n,
+    with_flags,
     write_summary,
 )
 
@@ -281,10 +282,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="Hydra overrides for every training run, e.g. model=platito_3m strategy.accelerator=gpu",
     )  # fmt: skip
     args = parse_args(parser, argv)
-    plan = dict(QUICK if args.quick else FULL) | {"seeds": args.seeds, "ns": args.n_values, "set": args.set}
-    for key in ("pretrain_steps", "finetune_steps", "num_test"):
-        if getattr(args, key) is not None:
-            plan[key] = getattr(args, key)
+    plan = with_flags(QUICK if args.quick else FULL, args, ("pretrain_steps", "finetune_steps", "num_test"))
+    plan |= {"seeds": args.seeds, "ns": args.n_values, "set": args.set}
     out = args.out
     torch.set_num_threads(args.threads or 1)  # small tensors: one thread is faster on a shared CPU
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):

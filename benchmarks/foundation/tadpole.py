@@ -38,6 +38,7 @@ from _common import (
     BIN,
     Results,
     Stages,
+    add_override_flags,
     evaluate,
     make_parser,
     parse_args,
@@ -45,6 +46,7 @@ from _common import (
     pfm_train,
     plot_error_vs_n,
     run_command,
+    with_flags,
     write_summary,
 )
 
@@ -214,21 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="start both arms' comparisons from this `pfm export` folder: no pretraining",
     )
-    parser.add_argument(
-        "--pretrain-set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="more pfm-train overrides of pretraining",
-    )
-    parser.add_argument(
-        "--finetune-set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides of both arms' runs"
-    )
+    add_override_flags(parser)
     args = parse_args(parser, argv)
-    sizes = dict(SIZES["quick" if args.quick else "full"])
-    for key in ("pretrain_steps", "finetune_steps", "frames", "test"):
-        if getattr(args, key) is not None:
-            sizes[key] = getattr(args, key)
+    sizes = with_flags(
+        SIZES["quick" if args.quick else "full"], args, ("pretrain_steps", "finetune_steps", "frames", "test")
+    )
     command = shlex.join(
         ["python", "benchmarks/foundation/tadpole.py", *(sys.argv[1:] if argv is None else argv)]
     )
