@@ -159,9 +159,8 @@ def _check_owned(explicit: dict[str, str], wanted: dict[str, str]) -> None:
 def compose_run(overrides: list[str], config_dir: Path = CONF_DIR) -> DictConfig:
     """Compose ``conf/train.yaml`` with ``overrides`` (and the hydra node); a LaunchError names what is wrong."""
     try:
-        if moved := moved_override_problems(
-            overrides
-        ):  # Hydra would only say the old key is not in the config
+        # Hydra would only say that a renamed key is not in the config
+        if moved := moved_override_problems(overrides):
             raise ValueError(" ".join(moved))
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             cfg = compose("train", overrides=overrides, return_hydra_config=True)
